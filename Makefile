@@ -1,0 +1,33 @@
+# `make demo` and `make test` build .venv themselves: torch (local CPU wheel) first, so pip never pulls CUDA.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+TORCH := torch==2.13.0
+
+.PHONY: demo test lint bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+demo: venv
+	$(BIN)/wquant formats compare --dist normal
+
+test: venv
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+
+bench: venv
+	$(BIN)/python -m pip install -q -e ".[dev,bench]" $(TORCH)
+	$(BIN)/python benchmarks/formats_speed.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

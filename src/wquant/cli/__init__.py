@@ -1,0 +1,1 @@
+"""The `wquant` command line (typer). Each sub-command group lives in its own module."""

@@ -1,0 +1,21 @@
+"""Entry point of the `wquant` command: wires the sub-command groups together."""
+
+from __future__ import annotations
+
+import typer
+
+from wquant.cli import formats as formats_cli
+from wquant.cli import theory as theory_cli
+
+app = typer.Typer(
+    help="wquant: weight quantization formats, theory and algorithms.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(formats_cli.app, name="formats")
+app.add_typer(theory_cli.app, name="theory")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,1 @@
+"""Typical-case (replica) theory of linear regression with quantized weights, with AMP and simulation."""
