@@ -1,0 +1,180 @@
+"""Scaling: how a tensor is cut into groups, how each group's scale is chosen, and how scales are stored.
+
+A 2-D view (out, in) is used for every tensor: dim 0 is the output channel, the rest is flattened into the
+input dimension. Blocks of B run along the input dimension; a ragged last block is padded for computation
+only (its padding is never stored and never changes a block statistic).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from wquant.errors import SpecError
+from wquant.formats.codebook import Codebook
+from wquant.formats.floats import FloatFormat, float_format
+from wquant.validation import check_int_range
+
+ScaleRule = Literal["absmax", "signmax", "rms", "minmax"]
+Granularity = Literal["tensor", "channel", "block"]
+SCALE_RULES = ("absmax", "signmax", "rms", "minmax")
+_IEEE_SCALES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_E8M0_RULES = {"e8m0": "floor", "e8m0-floor": "floor", "e8m0-rceil": "rceil"}
+E8M0_BIAS = 127
+
+
+@dataclass(frozen=True)
+class ScaleFormat:
+    """How one scale is stored: fp32/fp16/bf16 (round to nearest), E8M0 (OCP floor or RCEIL rule) or ExMy.
+
+    ExMy scales (e.g. e4m3 for NVFP4) keep one fp32 per-tensor factor so their small range covers the
+    tensor's scales; those 32 bits are counted.
+    """
+
+    name: str = "bf16"
+
+    def __post_init__(self) -> None:
+        if self.name in _IEEE_SCALES or self.name in _E8M0_RULES:
+            return
+        float_format(self.name)  # raises SpecError listing the accepted forms
+
+    @property
+    def bits(self) -> int:
+        if self.name in _IEEE_SCALES:
+            return torch.finfo(_IEEE_SCALES[self.name]).bits
+        if self.name in _E8M0_RULES:
+            return 8
+        return float_format(self.name).bits
+
+    @property
+    def signed(self) -> bool:
+        if self.name in _E8M0_RULES:
+            return False
+        return self.name in _IEEE_SCALES or float_format(self.name).signed
+
+    @property
+    def tensor_scale_bits(self) -> int:
+        return 32 if self._exmy is not None else 0
+
+    @property
+    def _exmy(self) -> FloatFormat | None:
+        return None if self.name in _IEEE_SCALES or self.name in _E8M0_RULES else float_format(self.name)
+
+    def quantize(self, raw: torch.Tensor, grid_max: float) -> tuple[torch.Tensor, np.ndarray, float | None]:
+        """Round raw fp32 scales to this format: (scale values, stored codes, per-tensor factor or None).
+
+        grid_max is the element grid's absmax target; the OCP floor rule needs its exponent.
+        """
+        raw = raw.to(torch.float32)
+        if self.name in _IEEE_SCALES:
+            dtype = _IEEE_SCALES[self.name]
+            finfo = torch.finfo(dtype)
+            stored = raw.clamp(-finfo.max, finfo.max).to(dtype)
+            int_view = {32: torch.int32, 16: torch.int16}[finfo.bits]
+            codes = stored.view(int_view).numpy().astype(np.int64) & (2**finfo.bits - 1)
+            return stored.to(torch.float32), codes, None
+        if self.name in _E8M0_RULES:
+            safe = raw.clamp(min=2.0**-E8M0_BIAS)
+            if _E8M0_RULES[self.name] == "floor":
+                exponent = torch.floor(torch.log2(safe * grid_max)) - math.floor(math.log2(grid_max))
+            else:
+                exponent = torch.ceil(torch.log2(safe))
+            exponent = exponent.clamp(-E8M0_BIAS, E8M0_BIAS)
+            codes = (exponent + E8M0_BIAS).to(torch.int64).numpy()
+            return torch.exp2(exponent), codes, None
+        fmt = self._exmy
+        assert fmt is not None
+        peak = float(raw.abs().max())
+        factor = float(np.float32(peak / fmt.max_value)) if peak > 0 else 1.0
+        book = Codebook.from_levels(fmt.values())
+        codes_t = book.encode((raw / factor).clamp(book.lo, book.hi))
+        values = book.decode(codes_t) * factor
+        return values, codes_t.to(torch.int64).numpy(), factor
+
+    def decode(self, codes: np.ndarray, factor: float | None) -> torch.Tensor:
+        """Scale values from stored codes (inverse of `quantize`)."""
+        if self.name in _IEEE_SCALES:
+            dtype = _IEEE_SCALES[self.name]
+            bits = torch.finfo(dtype).bits
+            signed = np.where(codes >= 2 ** (bits - 1), codes - 2**bits, codes)
+            int_view = {32: torch.int32, 16: torch.int16}[bits]
+            return torch.as_tensor(signed).to(int_view).view(dtype).to(torch.float32)
+        if self.name in _E8M0_RULES:
+            return torch.exp2(torch.as_tensor(codes, dtype=torch.float32) - E8M0_BIAS)
+        fmt = self._exmy
+        assert fmt is not None and factor is not None
+        return torch.as_tensor(fmt.values()[codes], dtype=torch.float32) * factor
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Granularity (tensor / channel / block of `block_size`), scale rule, scale storage, optional search."""
+
+    granularity: Granularity = "block"
+    block_size: int | None = 64
+    rule: ScaleRule = "absmax"
+    scale_format: ScaleFormat = ScaleFormat("bf16")
+    search: bool = False
+
+    def __post_init__(self) -> None:
+        if self.granularity not in ("tensor", "channel", "block"):
+            raise SpecError(f"granularity {self.granularity!r} unknown; valid: block<B>, channel, tensor")
+        if self.granularity == "block":
+            check_int_range(self.block_size, "block size", 1, 2**24)
+        elif self.block_size is not None:
+            raise SpecError(f"{self.granularity} scaling takes no block size (got {self.block_size})")
+        if self.rule not in SCALE_RULES:
+            raise SpecError(f"scale rule {self.rule!r} unknown; valid: {', '.join(SCALE_RULES)}")
+        if self.rule == "signmax" and not self.scale_format.signed:
+            raise SpecError(f"signmax gives negative scales; {self.scale_format.name} is unsigned, use bf16/fp16/fp32")
+        if self.rule == "minmax" and self.scale_format.name not in _IEEE_SCALES:
+            raise SpecError("minmax stores a zero offset beside the scale; use an fp32, fp16 or bf16 scale format")
+
+    @property
+    def token(self) -> str:
+        gran = f"block{self.block_size}" if self.granularity == "block" else self.granularity
+        return f"{gran}:{self.rule}:{self.scale_format.name}"
+
+    def fields_per_group(self) -> int:
+        """Scale fields stored per group: a scale, plus a zero offset for minmax."""
+        return 2 if self.rule == "minmax" else 1
+
+    def blocks(self, x2d: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(rows, groups, group length) view of the 2-D tensor and the number of padded columns."""
+        rows, cols = x2d.shape
+        if self.granularity == "tensor":
+            return x2d.reshape(1, 1, rows * cols), 0
+        if self.granularity == "channel":
+            return x2d.reshape(rows, 1, cols), 0
+        size = int(self.block_size)  # type: ignore[arg-type]
+        pad = (-cols) % size
+        if pad:  # replicate the last column: max, min and signed extremes of the block are unchanged
+            x2d = torch.cat([x2d, x2d[:, -1:].expand(rows, pad)], dim=1)
+        return x2d.reshape(rows, -1, size), pad
+
+    def raw_scales(
+        self, blocks: torch.Tensor, book: Codebook, pad: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Unquantized fp32 scales per group (and the minimum per group for minmax)."""
+        if self.rule == "absmax":
+            return blocks.abs().amax(dim=-1) / book.absmax_target, None
+        if self.rule == "signmax":
+            hi_val, lo_val = blocks.amax(dim=-1), blocks.amin(dim=-1)
+            extreme = torch.where(hi_val >= -lo_val, hi_val, lo_val)  # ties go to the positive side
+            endpoint = book.lo if -book.lo > book.hi else book.hi
+            return extreme / endpoint, None
+        if self.rule == "rms":
+            sq = blocks.square()
+            if pad:
+                sq = sq.clone()
+                sq[:, -1, blocks.shape[-1] - pad :] = 0
+            counts = torch.full(blocks.shape[:2], float(blocks.shape[-1]), dtype=blocks.dtype)
+            counts[:, -1] -= pad
+            mean_sq = (sq.sum(dim=-1) / counts).clamp(min=torch.finfo(torch.float32).tiny)
+            return mean_sq.sqrt() / book.rms_target, None
+        lo_val, hi_val = blocks.amin(dim=-1), blocks.amax(dim=-1)
+        return (hi_val - lo_val) / (book.hi - book.lo), lo_val

@@ -1,0 +1,269 @@
+"""Format specs: one frozen dataclass per format, a spec string that round-trips, and a JSON form.
+
+Grammar: ELEMENT[/GRANULARITY[:RULE][:SCALE_FORMAT]][+search][+outliers<ratio>[:<value format>]]
+e.g. `int4:asym/block64:absmax:bf16`, `nf4/block64:absmax:fp32`, `e2m1/block32:absmax:e8m0`,
+`crd-t5:4/tensor:rms+outliers0.001`. A bare name is a preset (`mxfp4`, `nvfp4`, `nf4`, ...) or an element
+with the default scaling block64:absmax:bf16.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from wquant.errors import SpecError
+from wquant.formats.floats import OCP_FLOATS, float_format
+from wquant.formats.grids import (
+    NAMED_TABLES,
+    CubeRootGrid,
+    ElementGrid,
+    FloatGrid,
+    IntGrid,
+    LloydMaxGrid,
+    PowerGrid,
+    TableGrid,
+    _fmt_number,
+    sf4_levels,
+)
+from wquant.formats.scaling import SCALE_RULES, ScaleFormat, Scaling
+
+DEFAULT_SCALING = "block64:absmax:bf16"
+OUTLIER_INDEX_BITS = 32
+
+#: Named formats as their owners define them (bits/param in the comment are all-in).
+PRESETS: dict[str, str] = {
+    "mxfp4": "e2m1/block32:absmax:e8m0",  # OCP MX FP4, 4.25
+    "mxfp4-rceil": "e2m1/block32:absmax:e8m0-rceil",
+    "mxfp6": "e2m3/block32:absmax:e8m0",  # 6.25
+    "mxfp6-e3m2": "e3m2/block32:absmax:e8m0",
+    "mxfp8": "e4m3/block32:absmax:e8m0",  # 8.25
+    "mxfp8-e5m2": "e5m2/block32:absmax:e8m0",
+    "mxint8": "int8/block32:absmax:e8m0",
+    "nvfp4": "e2m1/block16:absmax:e4m3",  # 4.5 (+32 bits per tensor)
+    "nf4": "nf4/block64:absmax:fp32",  # QLoRA / bitsandbytes layout, 4.5
+    "af4": "af4/block64:absmax:fp32",
+    "int4-g128": "int4:unsigned/block128:minmax:bf16",  # GPTQ/AWQ-style scale + zero, 4.25
+    "int8-channel": "int8/channel:absmax:bf16",
+}
+
+ELEMENT_FORMS = (
+    "int<b>[:asym|:half|:unsigned]",
+    "uint<b>",
+    "e<E>m<M> (OCP: e2m1 e2m3 e3m2 e4m3 e5m2; fp4=e2m1, fp8=e4m3)",
+    "nf4",
+    "af4",
+    "sf4",
+    "lut:<v1>,<v2>,...",
+    "crd-normal:<b>[:asym][:p<power>]",
+    "crd-laplace:<b>[:asym]",
+    "crd-t<nu>:<b>[:asym]",
+    "lloydmax:<b>",
+    "pow<a>:<b>[:nearest]",
+)
+
+
+@dataclass(frozen=True)
+class OutlierSpec:
+    """Keep the top `ratio` share of |w| exactly-ish: value in `value_format`, flat index in 32 bits."""
+
+    ratio: float
+    value_format: ScaleFormat = ScaleFormat("bf16")
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.ratio, int | float) and 0 < self.ratio < 1 and math.isfinite(self.ratio)):
+            raise SpecError(f"outlier ratio must be in (0, 1), got {self.ratio!r}")
+        if self.value_format.name not in ("fp32", "fp16", "bf16"):
+            raise SpecError(f"outlier values are stored as fp32, fp16 or bf16, not {self.value_format.name}")
+
+    def count(self, numel: int) -> int:
+        return math.floor(self.ratio * numel)
+
+    @property
+    def bits_each(self) -> int:
+        return self.value_format.bits + OUTLIER_INDEX_BITS
+
+    @property
+    def token(self) -> str:
+        suffix = "" if self.value_format.name == "bf16" else f":{self.value_format.name}"
+        return f"outliers{_fmt_number(self.ratio)}{suffix}"
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """A complete weight format: element grid × scaling × optional sparse outliers."""
+
+    element: ElementGrid
+    scaling: Scaling = Scaling()
+    outliers: OutlierSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.scaling.search and self.element.data_dependent:
+            raise SpecError("+search has no effect on Lloyd–Max grids (their levels are fitted); drop it")
+        if self.scaling.search and self.scaling.rule == "minmax":
+            raise SpecError("+search is defined for absmax, signmax and rms scaling; minmax already fits the range")
+
+    def __str__(self) -> str:
+        return self.to_string()
+
+    def to_string(self) -> str:
+        out = f"{self.element.token}/{self.scaling.token}"
+        if self.scaling.search:
+            out += "+search"
+        if self.outliers is not None:
+            out += "+" + self.outliers.token
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        element = dataclasses.asdict(self.element)
+        if isinstance(self.element, FloatGrid):
+            element = {"name": self.element.token}
+        return {
+            "element": {"kind": type(self.element).__name__, **element},
+            "scaling": {
+                "granularity": self.scaling.granularity,
+                "block_size": self.scaling.block_size,
+                "rule": self.scaling.rule,
+                "scale_format": self.scaling.scale_format.name,
+                "search": self.scaling.search,
+            },
+            "outliers": None
+            if self.outliers is None
+            else {"ratio": self.outliers.ratio, "value_format": self.outliers.value_format.name},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> FormatSpec:
+        try:
+            element = dict(data["element"])
+            kind = element.pop("kind")
+            kinds = {cls.__name__: cls for cls in (IntGrid, TableGrid, PowerGrid, CubeRootGrid, LloydMaxGrid)}
+            if kind == "FloatGrid":
+                grid: ElementGrid = FloatGrid(float_format(element["name"]))
+            elif kind in kinds:
+                if kind == "TableGrid":
+                    element["values"] = tuple(element["values"])
+                grid = kinds[kind](**element)
+            else:
+                raise SpecError(f"element kind {kind!r} unknown; valid: FloatGrid, {', '.join(sorted(kinds))}")
+            sc = dict(data["scaling"])
+            scaling = Scaling(
+                sc["granularity"], sc["block_size"], sc["rule"], ScaleFormat(sc["scale_format"]), bool(sc["search"])
+            )
+            out = data.get("outliers")
+            outliers = None if out is None else OutlierSpec(float(out["ratio"]), ScaleFormat(out["value_format"]))
+        except (KeyError, TypeError) as exc:
+            raise SpecError(f"format JSON is missing or has a malformed field ({exc}); see FormatSpec.to_dict") from None
+        return FormatSpec(grid, scaling, outliers)
+
+    @staticmethod
+    def from_json(text: str) -> FormatSpec:
+        try:
+            return FormatSpec.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"format JSON does not parse: {exc}") from None
+
+
+_NUM = r"[0-9]*\.?[0-9]+(?:e-?[0-9]+)?"
+
+
+def parse_element(token: str) -> ElementGrid:
+    """Element grid from its token (see ELEMENT_FORMS)."""
+    tok = token.strip().lower()
+    parts = tok.split(":")
+    head, opts = parts[0], parts[1:]
+    try:
+        if m := re.fullmatch(r"(u?)int(\d+)", head):
+            variant = "unsigned" if m.group(1) else (opts[0] if opts else "sym")
+            if len(opts) > (0 if m.group(1) else 1):
+                raise SpecError(f"too many options in {token!r}")
+            return IntGrid(int(m.group(2)), variant)  # type: ignore[arg-type]
+        if head in ("fp4", "fp8") and not opts:
+            return FloatGrid(OCP_FLOATS["e2m1" if head == "fp4" else "e4m3"])
+        if re.fullmatch(r"u?e\d+m\d+", head) and not opts:
+            return FloatGrid(float_format(head))
+        if head in NAMED_TABLES and not opts:
+            return TableGrid(head, NAMED_TABLES[head])
+        if head == "sf4" and not opts:
+            return TableGrid("sf4", sf4_levels())
+        if head == "lut" and len(opts) == 1:
+            return TableGrid("lut", tuple(float(v) for v in opts[0].split(",")))
+        if m := re.fullmatch(r"crd-(normal|laplace|t(" + _NUM + "))", head):
+            if not opts:
+                raise SpecError(f"{token!r} needs a bit width, e.g. {head}:4")
+            bits, symmetric, power = int(opts[0]), True, 1 / 3
+            for opt in opts[1:]:
+                if opt == "asym":
+                    symmetric = False
+                elif re.fullmatch("p" + _NUM, opt):
+                    power = float(opt[1:])
+                else:
+                    raise SpecError(f"cube-root option {opt!r} unknown; valid: asym, p<power>")
+            family = "t" if m.group(2) else m.group(1)
+            nu = float(m.group(2)) if m.group(2) else None
+            return CubeRootGrid(family, bits, nu, symmetric, power)  # type: ignore[arg-type]
+        if head == "lloydmax" and len(opts) == 1:
+            return LloydMaxGrid(int(opts[0]))
+        if m := re.fullmatch(r"pow(" + _NUM + ")", head):
+            if not opts or len(opts) > 2 or (len(opts) == 2 and opts[1] != "nearest"):
+                raise SpecError(f"power grid is written pow<a>:<bits>[:nearest], got {token!r}")
+            return PowerGrid(int(opts[0]), float(m.group(1)), "nearest" if len(opts) == 2 else "companded")
+    except ValueError as exc:
+        raise SpecError(f"element {token!r} has a malformed number ({exc})") from None
+    raise SpecError(f"element {token!r} unknown; valid forms: {'; '.join(ELEMENT_FORMS)}")
+
+
+def parse_scaling(token: str, *, search: bool = False) -> Scaling:
+    parts = token.strip().lower().split(":")
+    gran, rest = parts[0], parts[1:]
+    if gran in ("tensor", "channel"):
+        granularity, block = gran, None
+    elif m := re.fullmatch(r"block(\d+)", gran):
+        granularity, block = "block", int(m.group(1))
+    else:
+        raise SpecError(f"granularity {gran!r} unknown; valid: tensor, channel, block<B> (e.g. block64)")
+    rule, scale_format = "absmax", "bf16"
+    for part in rest:
+        if part in SCALE_RULES:
+            rule = part
+        else:
+            scale_format = part
+    try:
+        fmt = ScaleFormat(scale_format)
+    except SpecError:
+        raise SpecError(
+            f"scaling part {scale_format!r} is neither a rule ({', '.join(SCALE_RULES)}) nor a scale format "
+            "(fp32, fp16, bf16, e8m0, e8m0-rceil, or ExMy such as e4m3)"
+        ) from None
+    return Scaling(granularity, block, rule, fmt, search)  # type: ignore[arg-type]
+
+
+def parse_spec(text: str | FormatSpec) -> FormatSpec:
+    """A `FormatSpec` from its string form (or returned unchanged)."""
+    if isinstance(text, FormatSpec):
+        return text
+    if not isinstance(text, str) or not text.strip():
+        raise SpecError(f"a format spec must be a non-empty string, got {text!r}")
+    raw = text.strip()
+    if raw.lower() in PRESETS:
+        raw = PRESETS[raw.lower()]
+    main, *mods = raw.split("+")
+    search, outliers = False, None
+    for mod in mods:
+        mod = mod.strip().lower()
+        if mod == "search":
+            search = True
+        elif m := re.fullmatch(r"outliers(" + _NUM + r")(?::(\w+))?", mod):
+            outliers = OutlierSpec(float(m.group(1)), ScaleFormat(m.group(2) or "bf16"))
+        else:
+            raise SpecError(f"modifier +{mod} unknown; valid: +search, +outliers<ratio>[:fp16|bf16|fp32]")
+    element_tok, _, scaling_tok = main.partition("/")
+    element = parse_element(element_tok)
+    scaling = parse_scaling(scaling_tok or DEFAULT_SCALING, search=search)
+    return FormatSpec(element, scaling, outliers)
