@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from wquant.errors import ParameterError, TensorError
+from wquant.errors import ParameterError, TensorError, WquantError
 
 NanPolicy = Literal["raise", "zero"]
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -40,13 +40,20 @@ def check_tensor(x: object, name: str = "tensor", *, nan_policy: NanPolicy = "ra
     return x
 
 
-def check_int_range(value: object, name: str, lo: int, hi: int | None = None) -> int:
-    """An integer parameter in [lo, hi]; bools and floats with a fraction are refused."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or (isinstance(value, float) and not value.is_integer()):
-        raise ParameterError(f"{name} must be an integer in [{lo}, {hi if hi is not None else 'inf'}], got {value!r}")
+def check_int_range(
+    value: object, name: str, lo: int, hi: int | None = None, *, error: type[WquantError] = ParameterError
+) -> int:
+    """An integer parameter in [lo, hi]; bools and floats with a fraction are refused.
+
+    Spec fields pass error=SpecError so a bad format reads as a bad spec, not a bad call argument.
+    """
+    bound = f"[{lo}, {hi if hi is not None else 'inf'}]"
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not is_number or (isinstance(value, float) and not value.is_integer()):
+        raise error(f"{name} must be an integer in {bound}, got {value!r}")
     value = int(value)
     if value < lo or (hi is not None and value > hi):
-        raise ParameterError(f"{name} must be in [{lo}, {hi if hi is not None else 'inf'}], got {value}")
+        raise error(f"{name} must be in {bound}, got {value}")
     return value
 
 

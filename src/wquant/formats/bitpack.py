@@ -32,6 +32,8 @@ def to_bit_array(values: np.ndarray, width: int) -> np.ndarray:
     """Each value as `width` bits (uint8 0/1), LSB first, flattened."""
     _check_width(width)
     values = _as_unsigned(values, width)
+    if values.size == 0:
+        return np.zeros(0, dtype=np.uint8)
     container = np.uint8 if width <= 8 else (np.uint16 if width <= 16 else np.uint32)
     as_bytes = values.astype(np.dtype(container).newbyteorder("<")).view(np.uint8)
     bits = np.unpackbits(as_bytes.reshape(values.size, -1), axis=1, bitorder="little")

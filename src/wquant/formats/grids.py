@@ -27,7 +27,7 @@ CrdFamily = Literal["normal", "laplace", "t"]
 
 
 def _check_bits(bits: object, name: str = "bits") -> int:
-    return check_int_range(bits, name, 1, MAX_ELEMENT_BITS)
+    return check_int_range(bits, name, 1, MAX_ELEMENT_BITS, error=SpecError)
 
 
 def _fmt_number(value: float) -> str:
@@ -157,8 +157,7 @@ class PowerGrid:
     data_dependent: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        if check_int_range(self.bits, "bits", 2, MAX_ELEMENT_BITS) < 2:
-            raise SpecError("power grids need at least 2 bits")
+        check_int_range(self.bits, "power grid bits", 2, MAX_ELEMENT_BITS, error=SpecError)
         if not (isinstance(self.exponent, int | float) and 0 < self.exponent <= 4):
             raise SpecError(f"power exponent must be in (0, 4], got {self.exponent!r}")
         if self.rounding not in ("companded", "nearest"):

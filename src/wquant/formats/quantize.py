@@ -79,16 +79,17 @@ class QuantizedTensor:
         sc = self.spec.scaling
         book = self.codebook()
         rows, cols = _view_2d(self.shape)
-        values = book.decode(self.codes).reshape(rows, cols)
-        scales = self.scales()
+        dtype = _compute_dtype(self.dtype)
+        values = book.decode(self.codes, dtype).reshape(rows, cols)
+        scales = self.scales().to(dtype)
         offsets = None
         if self.offset_codes is not None:
-            offsets = sc.scale_format.decode(self.offset_codes.reshape(-1), None).reshape(scales.shape)
+            offsets = sc.scale_format.decode(self.offset_codes.reshape(-1), None).reshape(scales.shape).to(dtype)
         out = _apply_scales(values, scales, offsets, sc)
         if self.outlier_index.size:
             assert self.spec.outliers is not None
             vals = self.spec.outliers.value_format.decode(self.outlier_codes, None)
-            out.view(-1)[torch.as_tensor(self.outlier_index)] = vals
+            out.view(-1)[torch.as_tensor(self.outlier_index)] = vals.to(dtype)
         return out.reshape(self.shape).to(self.dtype)
 
     def to_bytes(self) -> bytes:
@@ -153,13 +154,13 @@ def quantize(
     """Quantize `x` to `spec`. `weights` (same shape, ≥ 0) weight the squared error of +search and Lloyd–Max."""
     spec = parse_spec(spec)
     x = check_tensor(x, name, nan_policy=nan_policy)
-    work = x.detach().to(torch.float32).reshape(_view_2d(tuple(x.shape)))
+    work = x.detach().to(_compute_dtype(x.dtype)).reshape(_view_2d(tuple(x.shape)))
     w2d = None
     if weights is not None:
         weights = check_tensor(weights, f"{name} weights")
         if weights.shape != x.shape or bool((weights < 0).any()):
             raise TensorError(f"{name} weights must have shape {tuple(x.shape)} and be >= 0")
-        w2d = weights.detach().to(torch.float32).reshape(work.shape)
+        w2d = weights.detach().to(work.dtype).reshape(work.shape)
 
     outlier_index = np.zeros(0, dtype=np.int64)
     outlier_codes = np.zeros(0, dtype=np.int64)
@@ -224,9 +225,14 @@ def _normalize(blocks: torch.Tensor, groups: _Groups) -> torch.Tensor:
 
 
 def _reconstruct(blocks: torch.Tensor, book: Codebook, groups: _Groups) -> torch.Tensor:
-    values = book.decode(book.encode(_normalize(blocks, groups)))
+    values = book.decode(book.encode(_normalize(blocks, groups)), blocks.dtype)
     out = values * groups.scales[..., None]
     return out if groups.offsets is None else out + groups.offsets[..., None]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 inputs are computed in float64; everything else in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _search_multiplier(

@@ -31,8 +31,8 @@ E8M0_BIAS = 127
 class ScaleFormat:
     """How one scale is stored: fp32/fp16/bf16 (round to nearest), E8M0 (OCP floor or RCEIL rule) or ExMy.
 
-    ExMy scales (e.g. e4m3 for NVFP4) keep one fp32 per-tensor factor so their small range covers the
-    tensor's scales; those 32 bits are counted.
+    Narrow ExMy scales (at most 4 exponent bits, e.g. e4m3 for NVFP4) keep one fp32 per-tensor factor so
+    their small range covers the tensor's scales; those 32 bits are counted. Wider ones need none.
     """
 
     name: str = "bf16"
@@ -58,7 +58,12 @@ class ScaleFormat:
 
     @property
     def tensor_scale_bits(self) -> int:
-        return 32 if self._exmy is not None else 0
+        return 32 if self._needs_tensor_factor else 0
+
+    @property
+    def _needs_tensor_factor(self) -> bool:
+        fmt = self._exmy
+        return fmt is not None and fmt.exponent_bits <= 4
 
     @property
     def _exmy(self) -> FloatFormat | None:
@@ -89,11 +94,11 @@ class ScaleFormat:
         fmt = self._exmy
         assert fmt is not None
         peak = float(raw.abs().max())
-        factor = float(np.float32(peak / fmt.max_value)) if peak > 0 else 1.0
+        factor = float(np.float32(peak / fmt.max_value)) if peak > 0 and self._needs_tensor_factor else 1.0
         book = Codebook.from_levels(fmt.values())
         codes_t = book.encode((raw / factor).clamp(book.lo, book.hi))
         values = book.decode(codes_t) * factor
-        return values, codes_t.to(torch.int64).numpy(), factor
+        return values, codes_t.to(torch.int64).numpy(), factor if self._needs_tensor_factor else None
 
     def decode(self, codes: np.ndarray, factor: float | None) -> torch.Tensor:
         """Scale values from stored codes (inverse of `quantize`)."""
@@ -106,8 +111,8 @@ class ScaleFormat:
         if self.name in _E8M0_RULES:
             return torch.exp2(torch.as_tensor(codes, dtype=torch.float32) - E8M0_BIAS)
         fmt = self._exmy
-        assert fmt is not None and factor is not None
-        return torch.as_tensor(fmt.values()[codes], dtype=torch.float32) * factor
+        assert fmt is not None
+        return torch.as_tensor(fmt.values()[codes], dtype=torch.float32) * (1.0 if factor is None else factor)
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,7 @@ class Scaling:
         if self.granularity not in ("tensor", "channel", "block"):
             raise SpecError(f"granularity {self.granularity!r} unknown; valid: block<B>, channel, tensor")
         if self.granularity == "block":
-            check_int_range(self.block_size, "block size", 1, 2**24)
+            check_int_range(self.block_size, "block size", 1, 2**24, error=SpecError)
         elif self.block_size is not None:
             raise SpecError(f"{self.granularity} scaling takes no block size (got {self.block_size})")
         if self.rule not in SCALE_RULES:
