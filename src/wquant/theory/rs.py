@@ -189,7 +189,7 @@ def _subset(batch: PointBatch, idx: np.ndarray) -> PointBatch:
 def solve_batch(
     batch: PointBatch,
     initial: np.ndarray | None = None,
-    damping: float = 0.5,
+    damping: float = 0.3,
     tol: float = 1e-8,
     max_iter: int = 3000,
 ) -> BatchSolution:
@@ -299,7 +299,7 @@ def solve_rs(
     setting: RegressionSetting,
     levels: LevelSet,
     *,
-    damping: float = 0.5,
+    damping: float = 0.3,
     tol: float = 1e-8,
     max_iter: int = 3000,
     initial: RSResult | None = None,

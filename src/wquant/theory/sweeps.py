@@ -53,7 +53,7 @@ class PhaseDiagram:
         return self.converged & (self.at_value < 1.0)
 
     def boundary(self) -> np.ndarray:
-        """omega_AT(b): first width where AT crosses 1 (log-linear interpolation); NaN if none, 0 if never RS."""
+        """omega_AT(b): first width where AT crosses 1 (log-linear interpolation); NaN if none, 0 if no RS."""
         out = np.full(self.bits.size, np.nan)
         for i in range(self.bits.size):  # one entry per bit depth
             at = self.at_value[i]
@@ -251,7 +251,7 @@ class AlphaSweep:
     interpolation_alpha: np.ndarray  # 1 / alpha_c(M/N) per bit depth: the quantized interpolation threshold
 
     def peak_alpha(self) -> tuple[np.ndarray, float]:
-        """alpha of the double-descent maximum per curve and for ridge (parabolic refinement of the grid max)."""
+        """alpha of the double-descent bump per curve and for ridge (parabola-refined local maximum)."""
         return (
             np.array([_peak(self.alphas, row) for row in self.gen_error]),
             _peak(self.alphas, self.ridge_error),
