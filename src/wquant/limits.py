@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import integrate, optimize, special, stats
+from scipy import integrate, optimize, sparse, special, stats
 
 from wquant.errors import ConvergenceError, ParameterError, TensorError, valid_choices
 
@@ -277,12 +277,15 @@ def gaussian_ecsq(rate_bits: float, variance: float = 1.0) -> EcsqPoint:
             "use ecsq_high_rate_distortion above that"
         )
     sigma = math.sqrt(_variance(variance))
+    # High-rate guess step ≈ 2^(h − R); widen the bracket until it holds the root (H falls with the step).
+    guess = math.log(2.0 ** (normal_entropy_bits() - rate))
+    low, high = guess - 0.5, guess + 0.5
+    while _gaussian_uniform_entropy_bits(math.exp(low)) < rate:
+        low -= 0.5
+    while high < math.log(80.0) and _gaussian_uniform_entropy_bits(math.exp(high)) > rate:
+        high += 0.5
     log_step = optimize.brentq(
-        lambda s: _gaussian_uniform_entropy_bits(math.exp(s)) - rate,
-        math.log(1e-7),
-        math.log(80.0),
-        xtol=1e-13,
-        rtol=1e-13,
+        lambda s: _gaussian_uniform_entropy_bits(math.exp(s)) - rate, low, high, xtol=1e-12, rtol=1e-12
     )
     step = math.exp(log_step)
     _, error = _gaussian_uniform_cells(step)
@@ -322,7 +325,7 @@ def blahut_arimoto(
     reproduction_values: np.ndarray,
     slope_bits: float,
     *,
-    tolerance_bits: float = 1e-4,
+    tolerance_bits: float = 1e-3,
     max_iterations: int = 20_000,
     initial_output: np.ndarray | None = None,
 ) -> tuple[RateDistortionPoint, np.ndarray]:
@@ -343,22 +346,23 @@ def blahut_arimoto(
         raise ParameterError(f"slope_bits (−dR/dD) must be finite and > 0, got {slope_bits!r}")
     if not tolerance_bits > 0 or max_iterations < 1:
         raise ParameterError("tolerance_bits must be > 0 and max_iterations ≥ 1")
+    if np.any(np.diff(y) <= 0):
+        raise ParameterError("reproduction_values must be strictly increasing")
     beta = slope_bits * LN2  # nats per unit distortion
-    distance = (x[:, None] - y[None, :]) ** 2
-    nearest = distance.min(axis=1)
-    kernel = np.exp(-beta * (distance - nearest[:, None]))  # rows rescaled: BA is invariant to it
+    kernel, weighted, nearest = _banded_kernel(x, y, beta)
+    kernel_t = kernel.T.tocsr()
     q = np.full(y.size, 1.0 / y.size) if initial_output is None else np.asarray(initial_output, float).copy()
     q /= q.sum()
+    upper = lower = math.inf
     for iteration in range(1, max_iterations + 1):
         z = kernel @ q
-        c = kernel.T @ (p / z)
+        c = kernel_t @ (p / z)
         with np.errstate(divide="ignore"):
             log_c = np.log(c)
         q_next = q * c
         if iteration % 10 == 0 or iteration == max_iterations:
             # Bounds (nats) for the channel defined by the current q; log Z undoes the row rescaling.
-            channel = kernel * (q / z[:, None])
-            distortion = float(p @ (channel * distance).sum(axis=1))
+            distortion = float((p / z) @ (weighted @ q))
             base = -beta * distortion - float(p @ (np.log(z) - beta * nearest))
             support = q_next > 0
             upper = base - float(q_next[support] @ log_c[support])
@@ -379,6 +383,35 @@ def blahut_arimoto(
         f"Blahut–Arimoto did not reach a bound gap of {tolerance_bits} bits in {max_iterations} iterations "
         f"(last gap {(upper - lower) / LN2:.3g} bits); raise max_iterations or tolerance_bits"
     )
+
+
+_KERNEL_CUTOFF_NATS = 50.0  # pairs weighted below e^-50 × the nearest one are dropped (d = ∞ for them)
+
+
+def _banded_kernel(
+    x: np.ndarray, y: np.ndarray, beta: float
+) -> tuple[sparse.csr_matrix, sparse.csr_matrix, np.ndarray]:
+    """exp(−β(d − d_min)) for squared error, stored only inside the band where it matters.
+
+    Rows are rescaled by their nearest reproduction (BA is invariant to it); the band keeps memory and
+    time proportional to the useful pairs, and sparse products stay single-threaded and predictable.
+    """
+    position = np.searchsorted(y, x)
+    left = y[np.clip(position - 1, 0, y.size - 1)]
+    right = y[np.clip(position, 0, y.size - 1)]
+    nearest = np.minimum((x - left) ** 2, (x - right) ** 2)
+    reach = np.sqrt(nearest + _KERNEL_CUTOFF_NATS / beta)
+    start = np.searchsorted(y, x - reach, side="left")
+    stop = np.searchsorted(y, x + reach, side="right")
+    lengths = stop - start
+    rows = np.repeat(np.arange(x.size), lengths)
+    cols = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths - start, lengths)
+    distance = (x[rows] - y[cols]) ** 2
+    values = np.exp(-beta * (distance - nearest[rows]))
+    shape = (x.size, y.size)
+    kernel = sparse.csr_matrix((values, (rows, cols)), shape=shape)
+    weighted = sparse.csr_matrix((values * distance, (rows, cols)), shape=shape)
+    return kernel, weighted, nearest
 
 
 @dataclass(frozen=True)
@@ -448,7 +481,7 @@ def empirical_rate_distortion_curve(
     samples: np.ndarray,
     slopes_bits: np.ndarray | None = None,
     *,
-    tolerance_bits: float = 1e-4,
+    tolerance_bits: float = 1e-3,
     max_iterations: int = 20_000,
 ) -> tuple[RateDistortionPoint, ...]:
     """R(D) of the empirical distribution of `samples`, one Blahut–Arimoto point per slope −dR/dD (bits).
@@ -464,7 +497,7 @@ def empirical_rate_distortion_curve(
     else:
         slopes = np.asarray(slopes_bits, dtype=np.float64).reshape(-1)
         if slopes.size == 0 or not np.all(np.isfinite(slopes)) or np.any(slopes <= 0):
-            raise ParameterError("slopes_bits must be a non-empty array of finite values > 0 (−dR/dD in bits)")
+            raise ParameterError("slopes_bits must be non-empty, finite and > 0 (−dR/dD in bits per MSE)")
     points = []
     for slope in np.sort(slopes):
         target = 1 / (2 * LN2 * slope)  # the Gaussian relation; only sizes the grid
@@ -496,7 +529,7 @@ def _solve_slope(
 
 
 def empirical_rate_at_distortion(
-    samples: np.ndarray, distortion: float, *, tolerance_bits: float = 1e-4, max_iterations: int = 20_000
+    samples: np.ndarray, distortion: float, *, tolerance_bits: float = 1e-3, max_iterations: int = 20_000
 ) -> RateDistortionPoint:
     """R(D) of the samples' empirical distribution at MSE `distortion` (0 bits if D ≥ variance).
 
@@ -530,7 +563,7 @@ def empirical_rate_at_distortion(
 
 
 def empirical_distortion_at_rate(
-    samples: np.ndarray, rate_bits: float, *, tolerance_bits: float = 1e-4, max_iterations: int = 20_000
+    samples: np.ndarray, rate_bits: float, *, tolerance_bits: float = 1e-3, max_iterations: int = 20_000
 ) -> RateDistortionPoint:
     """D(R) of the samples' empirical distribution: the least MSE any code of `rate_bits` bits can reach."""
     data = _samples(samples)
