@@ -1,0 +1,87 @@
+"""The `wquant theory` sub-app: every command has an example in --help, prints a table, rejects bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from wquant.cli.theory import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("command", ["point", "phase-diagram", "vs-width", "vs-alpha", "amp"])
+def test_help_has_an_example(command: str) -> None:
+    res = runner.invoke(app, [command, "--help"])
+    assert res.exit_code == 0 and "Example" in res.output
+
+
+def test_point_prints_the_spec_reference_values() -> None:
+    res = runner.invoke(
+        app, ["point", "--bits", "2", "--width", "1", "--alpha", "0.5", "--sigma", "0.1", "--beta", "5"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "0.6339" in res.output and "RS" in res.output
+
+
+def test_bad_input_exits_with_a_named_parameter() -> None:
+    res = runner.invoke(app, ["point", "--alpha", "-1"])
+    assert res.exit_code == 2 and "alpha" in res.output
+    res = runner.invoke(app, ["point", "--levels", "0,1,1"])
+    assert res.exit_code == 2 and "duplicates" in res.output
+
+
+def test_small_phase_diagram_and_plot(tmp_path: Path) -> None:
+    out = tmp_path / "fig2.png"
+    res = runner.invoke(
+        app,
+        [
+            "phase-diagram",
+            "--bits-max",
+            "2",
+            "--n-widths",
+            "6",
+            "--width-max",
+            "3",
+            "--lam",
+            "0",
+            "--beta",
+            "20",
+            "--alpha",
+            "0.5",
+            "--sigma",
+            "0.1",
+            "--jobs",
+            "1",
+            "--plot",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert out.stat().st_size > 1000 and "RS fraction" in res.output
+
+
+def test_amp_command_small(tmp_path: Path) -> None:
+    out = tmp_path / "amp.png"
+    res = runner.invoke(
+        app,
+        [
+            "amp",
+            "--n",
+            "500",
+            "--seeds",
+            "1",
+            "--alpha",
+            "0.5",
+            "--sigma",
+            "0.1",
+            "--beta",
+            "5",
+            "--plot",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert out.exists() and "AMP" in res.output
