@@ -1,0 +1,310 @@
+"""Save and load quantized models: safetensors + a self-checked JSON manifest, no pickle, no remote code.
+
+Layout of a saved folder:
+    wquant-model.safetensors   quantized tensors as their packed bit streams (uint8, `to_bytes()`), every
+                               other parameter and buffer as it is
+    wquant-manifest.json       {"body": {...}, "sha256": sha256 of the body's canonical JSON}
+    tokenizer files            when a tokenizer is given (plain JSON/text, loaded by transformers)
+
+The body records the format spec, shape and dtype of every quantized tensor, dtype/shape/sha256 of every
+stored tensor, the sha256 of the whole safetensors file, tied names, the base model's config, the wquant
+version and the format version. Loading checks all of it before building anything, so a flipped byte, a
+truncated file or a different format version is refused with CorruptDataError. Each file is written to a
+temporary name and moved into place with os.replace; the manifest goes last and commits the save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import wquant
+from wquant.errors import CorruptDataError, ParameterError, WquantError
+from wquant.formats import QuantizedTensor, parse_spec
+from wquant.models.bits import model_bits
+from wquant.models.hf import check_fits_in_memory
+from wquant.models.layers import QuantizedEmbedding, QuantizedLinear, QuantizedWeight, quantized_modules
+from wquant.models.quantize import set_submodule
+
+FORMAT_NAME = "wquant-quantized-model"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "wquant-manifest.json"
+TENSORS_FILE = "wquant-model.safetensors"
+_MAX_MANIFEST_BYTES = 256 * 2**20
+_DTYPES = {str(d).removeprefix("torch."): d for d in (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
+    torch.int8, torch.uint8, torch.bool,
+)}  # fmt: skip
+
+
+def _sha256(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _tensor_sha256(tensor: torch.Tensor) -> str:
+    """Hash of a tensor's raw little-endian bytes (dtype-agnostic: viewed as bytes, never converted)."""
+    flat = tensor.detach().contiguous().reshape(-1)
+    return _sha256(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _canonical(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call write(tmp_path) then move the result onto `path` in one step."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _base_config(model: nn.Module) -> dict[str, Any] | None:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return None
+    data = config.to_dict()
+    if not data.get("architectures"):
+        data["architectures"] = [type(model).__name__]
+    return json.loads(json.dumps(data, default=str))  # JSON-safe (dtypes etc. become strings)
+
+
+def save_quantized(model: nn.Module, out_dir: str | os.PathLike[str], *, tokenizer: Any = None) -> Path:
+    """Write `model` (quantized with quantize_model, or not) to `out_dir`; returns the folder."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    quantized: dict[str, Any] = {}
+    holder_key: dict[int, str] = {}
+    modules: dict[str, Any] = {}
+    for path, module in quantized_modules(model):
+        holder = module.stored
+        if id(holder) not in holder_key:
+            key = f"{path}.weight"
+            q = holder.quantized
+            packed = torch.frombuffer(bytearray(q.to_bytes()), dtype=torch.uint8)
+            tensors[key] = packed
+            holder_key[id(holder)] = key
+            quantized[key] = {
+                "spec": q.spec.to_string(),
+                "shape": list(q.shape),
+                "dtype": str(q.dtype).removeprefix("torch."),
+                "bits": q.bits(),
+            }
+        extra = {"padding_idx": module.padding_idx} if isinstance(module, QuantizedEmbedding) else {}
+        modules[path] = {"weight": holder_key[id(holder)], "layout": module.layout, **extra}
+
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    for name, tensor in [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]:
+        if tensor is None:
+            continue
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+               tuple(tensor.stride()), tensor.dtype) if tensor.numel() else ("empty", name)  # fmt: skip
+        if key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = tensor.detach().cpu().contiguous().clone()
+
+    stored = {
+        name: {
+            "dtype": str(t.dtype).removeprefix("torch."),
+            "shape": list(t.shape),
+            "sha256": _tensor_sha256(t),
+        }
+        for name, t in tensors.items()
+    }
+    _atomic_write(out / TENSORS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    report = model_bits(model)
+    body = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "wquant_version": wquant.__version__,
+        "torch_version": torch.__version__,
+        "model_class": type(model).__name__,
+        "base_config": _base_config(model),
+        "tensors_file": TENSORS_FILE,
+        "tensors_file_sha256": _file_sha256(out / TENSORS_FILE),
+        "tensors": stored,
+        "quantized": quantized,
+        "modules": modules,
+        "aliases": aliases,
+        "bits": {"total": report.bits, "params": report.params, "bits_per_param": report.bits_per_param},
+    }
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    manifest = {"body": body, "sha256": _sha256(_canonical(body))}
+    _atomic_write(
+        out / MANIFEST_FILE, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    )
+    return out
+
+
+def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The verified manifest body of a saved folder (refuses a changed, truncated or foreign manifest)."""
+    path = Path(folder).expanduser() / MANIFEST_FILE
+    if not path.is_file():
+        raise ParameterError(f"{path.parent} is not a saved wquant model: it has no {MANIFEST_FILE}")
+    if path.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise CorruptDataError(f"{path} is larger than {_MAX_MANIFEST_BYTES} bytes; refusing to parse it")
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+        body, digest = manifest["body"], manifest["sha256"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CorruptDataError(f"{path} is damaged or truncated ({type(exc).__name__}: {exc})") from None
+    if not isinstance(body, dict) or _sha256(_canonical(body)) != digest:
+        raise CorruptDataError(f"{path} fails its checksum: the manifest was changed or damaged")
+    if body.get("format") != FORMAT_NAME:
+        raise CorruptDataError(f"{path} is not a {FORMAT_NAME} manifest (format {body.get('format')!r})")
+    if body.get("format_version") != FORMAT_VERSION:
+        raise CorruptDataError(
+            f"{path} uses format version {body.get('format_version')!r} (written by wquant "
+            f"{body.get('wquant_version')}); this wquant {wquant.__version__} reads format version "
+            f"{FORMAT_VERSION}"
+        )
+    return body
+
+
+def _load_tensors(folder: Path, body: dict[str, Any]) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = folder / body["tensors_file"]
+    if not path.is_file():
+        raise CorruptDataError(f"{folder}: {body['tensors_file']} is missing")
+    if _file_sha256(path) != body["tensors_file_sha256"]:
+        raise CorruptDataError(
+            f"{path} fails its sha256 check (size {path.stat().st_size} bytes): "
+            "the file is truncated or changed"
+        )
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CorruptDataError(f"{path} does not parse as safetensors: {exc}") from None
+    expected = body["tensors"]
+    if set(tensors) != set(expected):
+        raise CorruptDataError(
+            f"{path} holds tensors {sorted(set(tensors) ^ set(expected))[:5]} not in the manifest"
+        )
+    for name, info in expected.items():
+        if _tensor_sha256(tensors[name]) != info["sha256"]:
+            raise CorruptDataError(f"{path}: tensor {name} fails its sha256 check")
+    return tensors
+
+
+def _skeleton(body: dict[str, Any]) -> nn.Module:
+    """An empty model of the saved architecture, built from its config by a transformers class (no code)."""
+    config = body.get("base_config")
+    if not config:
+        raise ParameterError(
+            f"this checkpoint holds a {body.get('model_class')} without a Hugging Face config; pass the "
+            "unloaded module as load_quantized(folder, model=...)"
+        )
+    if config.get("auto_map"):
+        raise ParameterError("the saved config needs custom code (auto_map); wquant never runs remote code")
+    import transformers
+    from transformers import CONFIG_MAPPING, PreTrainedModel
+
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise ParameterError(f"model_type {model_type!r} is unknown to this transformers version")
+    arch = (config.get("architectures") or [body.get("model_class")])[0]
+    cls = getattr(transformers, str(arch), None)
+    if not (isinstance(cls, type) and issubclass(cls, PreTrainedModel)):
+        raise ParameterError(f"architecture {arch!r} is not a transformers model class; pass model=...")
+    cfg = CONFIG_MAPPING[model_type].from_dict({k: v for k, v in config.items() if k != "dtype"})
+    with torch.device("meta"):
+        return cls(cfg)
+
+
+def load_quantized(
+    folder: str | os.PathLike[str], *, model: nn.Module | None = None, available_bytes: int | None = None
+) -> nn.Module:
+    """Rebuild a model saved by save_quantized; outputs are bit-identical to the saved model's.
+
+    `model` is an architecture to fill (any device; its values are replaced). Hugging Face models need none:
+    the saved config names a transformers class.
+    """
+    folder = Path(folder).expanduser()
+    body = read_manifest(folder)
+    needed = sum(int(np.prod(i["shape"], dtype=np.int64)) * 4 for i in body["tensors"].values())
+    check_fits_in_memory(needed, str(folder), available_bytes=available_bytes)
+    tensors = _load_tensors(folder, body)
+    net = model if model is not None else _skeleton(body)
+    try:
+        holders: dict[str, QuantizedWeight] = {}
+        for key, info in body["quantized"].items():
+            dtype = _DTYPES[info["dtype"]]
+            q = QuantizedTensor.from_bytes(tensors.pop(key).numpy().tobytes(), parse_spec(info["spec"]),
+                                           tuple(info["shape"]), dtype)  # fmt: skip
+            if q.bits() != info["bits"]:
+                raise CorruptDataError(f"{key}: stored {q.bits()} bits, manifest says {info['bits']}")
+            holders[key] = QuantizedWeight(q)
+        for path, info in body["modules"].items():
+            holder = holders[info["weight"]]
+            old = net.get_submodule(path)
+            if info["layout"] == "embedding":
+                new: nn.Module = QuantizedEmbedding(holder, padding_idx=info.get("padding_idx"))
+            else:
+                bias = getattr(old, "bias", None)
+                new = QuantizedLinear(
+                    holder, bias if isinstance(bias, nn.Parameter) else None, layout=info["layout"]
+                )
+            set_submodule(net, path, new)
+        _assign(net, tensors, body["aliases"])
+    except WquantError:
+        raise
+    except (KeyError, AttributeError, TypeError, ValueError, RuntimeError) as exc:
+        raise CorruptDataError(
+            f"{folder}: checkpoint does not match the model architecture ({type(exc).__name__}: {exc})"
+        ) from None
+    return net.eval()
+
+
+def _assign(net: nn.Module, tensors: dict[str, torch.Tensor], aliases: dict[str, str]) -> None:
+    """Put every stored tensor in place (dtype kept), re-tie aliases, and check nothing is left unset."""
+    placed: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        owner_path, _, leaf = name.rpartition(".")
+        owner = net.get_submodule(owner_path) if owner_path else net
+        if leaf in owner._parameters:
+            placed[name] = nn.Parameter(tensor, requires_grad=False)
+            owner._parameters[leaf] = placed[name]
+        elif leaf in owner._buffers:
+            owner._buffers[leaf] = placed[name] = tensor
+        else:
+            raise CorruptDataError(f"stored tensor {name} has no place in {type(net).__name__}")
+    for alias, target in aliases.items():
+        owner_path, _, leaf = alias.rpartition(".")
+        owner = net.get_submodule(owner_path) if owner_path else net
+        store = owner._parameters if leaf in owner._parameters else owner._buffers
+        store[leaf] = placed[target]
+    missing = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t is not None and t.is_meta]
+    if missing:
+        raise CorruptDataError(f"checkpoint lacks tensors {missing[:5]} that the architecture needs")
