@@ -104,8 +104,15 @@ def phase_diagram(
 ) -> PhaseDiagram:
     """RS / RSB map over (b, omega) at `setting` (Fig. 2). One vectorised batch per bit depth."""
     b_arr, w_arr = _bits_list(bits), _widths_list(widths)
-    rows = Parallel(n_jobs=n_jobs)(delayed(_phase_row)(setting, kind, gamma, int(b), w_arr) for b in b_arr)
-    at, gen, ok = (np.stack(x) for x in zip(*rows, strict=True))
+    # split rows into chunks so that an expensive row (few bits, wide grid) is shared among workers
+    chunks = np.array_split(np.arange(w_arr.size), max(1, min(4, w_arr.size // 8)))
+    parts = Parallel(n_jobs=n_jobs)(
+        delayed(_phase_row)(setting, kind, gamma, int(b), w_arr[c]) for b in b_arr for c in chunks
+    )
+    at, gen, ok = (
+        np.stack([np.concatenate(x[i * len(chunks) : (i + 1) * len(chunks)]) for i in range(b_arr.size)])
+        for x in zip(*parts, strict=True)
+    )
     return PhaseDiagram(setting, kind, gamma, b_arr, w_arr, at, gen, ok)
 
 
