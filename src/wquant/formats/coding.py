@@ -7,14 +7,18 @@ a file would have on disk.
 
 Container layout (all multi-byte integers are LEB128 varints unless noted, stored in this order):
 
-    magic "WQAC" | version u8 | dtype code u8 | ndim | dims... | base (zigzag) | span | group_size
+    magic "WQAC" | version u8 | dtype code u8 | ndim u8 | dims... | base (zigzag) | alphabet size − 1
+    | alphabet listed? u8 | group_size (0: one model)
     | table bit count | ANS word count | table bits (packed, zero-padded to a byte)
     | ANS words (u32 little endian) | crc32 of everything before it (u32 little endian)
 
-Each group (one group for a whole-stream model) stores one `FrequencyModel` in the table section:
-offset of its lowest symbol from `base` and its alphabet size − 1 (both `range_field_bits` wide), then,
-only when the alphabet holds more than one symbol, the precision P (5 bits), the count width w (5 bits)
-and K counts of w bits each. Counts sum to 2^P, so the decoder rebuilds exactly the encoder's model.
+Symbols are coded as ranks in the stream's alphabet (its sorted distinct values). A contiguous alphabet
+costs nothing; otherwise the table section starts with it: a gap width (7 bits) and the gaps − 1 between
+consecutive values. Then each group (one group for a whole-stream model) stores one `FrequencyModel` over
+ranks: its lowest rank and its alphabet size − 1 (both `range_field_bits` = bit_length(alphabet size − 1)
+wide), then, only when more than one symbol is possible, the precision P (5 bits), the count width w
+(5 bits) and K counts of w bits each. Counts sum to 2^P, so the decoder rebuilds the encoder's model
+exactly.
 """
 
 from __future__ import annotations
@@ -36,12 +40,16 @@ __all__ = [
     "decode_codes",
     "encode_codes",
     "MAX_ALPHABET_SPAN",
+    "MAX_DISTINCT_SYMBOLS",
 ]
 
 MAGIC = b"WQAC"
 FORMAT_VERSION = 1
 MAX_ALPHABET_SPAN = 1 << 24
-"""Largest allowed hi − lo of a stream: the table stores one count per symbol of the range."""
+"""Largest hi − lo a standalone FrequencyModel accepts: it stores one count per value of its range."""
+MAX_DISTINCT_SYMBOLS = 1 << 22
+"""Most distinct values one stream may hold (each occurring symbol needs a count ≥ 1 of 2^24)."""
+GAP_WIDTH_FIELD_BITS = 7
 
 MAX_PRECISION_BITS = 24  # constriction's default ANS coder resolves probabilities to 2^-24
 MIN_PRECISION_BITS = 1
@@ -85,20 +93,15 @@ class FrequencyModel:
             )
         if counts.size > 1 and (counts.min() < 0 or int(counts.sum()) != 1 << self.precision_bits):
             raise ParameterError(
-                f"counts must be non-negative and sum to 2^{self.precision_bits}; "
-                f"got sum {int(counts.sum())}"
+                f"counts must be non-negative and sum to 2^{self.precision_bits}; got sum {int(counts.sum())}"
             )
         if counts[0] == 0 or counts[-1] == 0:
-            raise ParameterError(
-                "counts must be trimmed: the first and last symbol of the alphabet must occur"
-            )
+            raise ParameterError("counts must be trimmed: the first and last symbol of the alphabet must occur")
         counts.setflags(write=False)
         object.__setattr__(self, "counts", counts)
 
     @classmethod
-    def from_codes(
-        cls, codes: np.ndarray, *, max_precision_bits: int = DEFAULT_MAX_PRECISION_BITS
-    ) -> FrequencyModel:
+    def from_codes(cls, codes: np.ndarray, *, max_precision_bits: int = DEFAULT_MAX_PRECISION_BITS) -> FrequencyModel:
         """Fit the quantized empirical model that `encode_codes` would store for these codes."""
         flat = _validated_codes(codes).reshape(-1)
         lo = int(flat.min())
@@ -310,9 +313,7 @@ def _validated_codes(codes: np.ndarray) -> np.ndarray:
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         raise TensorError("codes contain NaN or Inf; quantize to integers before entropy coding")
     if array.dtype.kind not in "iu":
-        raise TensorError(
-            f"codes have dtype {array.dtype}; pass an integer array (e.g. np.rint(x).astype(np.int64))"
-        )
+        raise TensorError(f"codes have dtype {array.dtype}; pass an integer array (e.g. np.rint(x).astype(np.int64))")
     if array.dtype.kind == "u" and array.dtype.itemsize == 8 and int(array.max()) > np.iinfo(np.int64).max:
         raise TensorError("uint64 codes above 2^63 − 1 are not supported; remap them to a dense range")
     return array
@@ -334,6 +335,31 @@ def _categorical(counts: np.ndarray, precision_bits: int) -> constriction.stream
     return constriction.stream.model.Categorical(present / float(1 << precision_bits), perfect=False)
 
 
+def _alphabet_ranks(flat: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Map codes to ranks in their sorted set of distinct values (the stream's alphabet).
+
+    Returns (int32 ranks, gaps − 1 between consecutive alphabet values or None when the alphabet is a
+    contiguous run, stream histogram over ranks when it came for free). Narrow ranges use one bincount;
+    wide, sparse ones fall back to sorting so no table spans unused values.
+    """
+    span = int(flat.max()) - base
+    if span < max(1 << 16, 4 * flat.size):
+        if np.can_cast(flat.dtype, np.int32):
+            offsets = np.subtract(flat, np.int32(base), dtype=np.int32)
+        else:
+            offsets = (flat.astype(np.int64) - base).astype(np.int32)
+        hist = np.bincount(offsets, minlength=span + 1)
+        present = hist > 0
+        if present.all():
+            return offsets, None, hist
+        lookup = np.cumsum(present, dtype=np.int32) - 1
+        values = np.flatnonzero(present)
+        return lookup[offsets], np.diff(values) - 1, hist[present]
+    values, inverse = np.unique(flat, return_inverse=True)
+    gaps = np.diff(values.astype(np.uint64)).astype(np.int64) - 1  # uint64: values may span > 2^63
+    return inverse.reshape(-1).astype(np.int32), gaps, None
+
+
 def encode_codes(
     codes: np.ndarray, *, group_size: int | None = None, max_precision_bits: int = DEFAULT_MAX_PRECISION_BITS
 ) -> bytes:
@@ -345,27 +371,36 @@ def encode_codes(
     array = _validated_codes(codes)
     if not MIN_PRECISION_BITS <= max_precision_bits <= MAX_PRECISION_BITS:
         raise ParameterError(
-            f"max_precision_bits must lie in [{MIN_PRECISION_BITS}, {MAX_PRECISION_BITS}],"
-            f" got {max_precision_bits}"
+            f"max_precision_bits must lie in [{MIN_PRECISION_BITS}, {MAX_PRECISION_BITS}], got {max_precision_bits}"
         )
     dtype_code = _DTYPES.index(array.dtype.newbyteorder("="))
     flat = array.reshape(-1)
     n_symbols = flat.size
     base = int(flat.min())
-    span = int(flat.max()) - base
-    _check_span(span)
+    ranks, alphabet_gaps, stream_hist = _alphabet_ranks(flat, base)
+    alphabet_size = int(stream_hist.size) if stream_hist is not None else int(alphabet_gaps.size) + 1
+    if alphabet_size > MAX_DISTINCT_SYMBOLS:
+        raise ParameterError(
+            f"codes hold {alphabet_size} distinct values, more than {MAX_DISTINCT_SYMBOLS}; an entropy coder"
+            " table of that size costs more than it saves, so quantize more coarsely"
+        )
+    span = alphabet_size - 1  # models live in rank space [0, span]
     range_bits = span.bit_length()
     length, n_groups = _group_bounds(n_symbols, group_size)
-    # Offsets from the stream minimum fit int32 because the span is below 2^24.
-    if np.can_cast(flat.dtype, np.int32):
-        offsets = np.subtract(flat, np.int32(base), dtype=np.int32)
-    else:
-        offsets = (flat.astype(np.int64) - base).astype(np.int32)
+    offsets = ranks
+
+    # The alphabet itself (only when it is not a contiguous run of integers): gap width, then gaps − 1.
+    field_values: list[np.ndarray] = []
+    field_widths: list[np.ndarray] = []
+    if alphabet_gaps is not None:
+        gap_width = int(alphabet_gaps.max()).bit_length() if alphabet_gaps.size else 0
+        field_values.append(np.concatenate([[gap_width], alphabet_gaps]).astype(np.int64))
+        field_widths.append(
+            np.concatenate([[GAP_WIDTH_FIELD_BITS], np.full(alphabet_gaps.size, gap_width)]).astype(np.int64)
+        )
 
     # Models and symbol indices, a chunk of groups at a time so groups × alphabet stays bounded.
     groups_per_chunk = max(1, _GROUP_CHUNK_ENTRIES // (span + 1))
-    field_values: list[np.ndarray] = []
-    field_widths: list[np.ndarray] = []
     models: list[tuple[np.ndarray, int, int, int]] = []  # (counts, precision, start, stop)
     indices = np.empty(n_symbols, dtype=np.int32)
     for first in range(0, n_groups, groups_per_chunk):
@@ -374,7 +409,10 @@ def encode_codes(
         chunk = offsets[start:stop]
         rows = last - first
         key = chunk if rows == 1 else np.arange(stop - start, dtype=np.int64) // length * (span + 1) + chunk
-        hist = np.bincount(key, minlength=rows * (span + 1)).reshape(rows, span + 1)
+        if rows == n_groups == 1 and stream_hist is not None:
+            hist = stream_hist[None, :]
+        else:
+            hist = np.bincount(key, minlength=rows * (span + 1)).reshape(rows, span + 1)
         quantized, precision = _quantize_counts(hist, max_precision_bits)
         occurs = quantized > 0
         lo = occurs.argmax(axis=1)
@@ -416,8 +454,9 @@ def encode_codes(
         field_widths.append(widths)
         for row in range(rows):
             g_start = start + row * length
-            models.append((quantized[row, lo[row] : hi[row] + 1], int(precision[row]), g_start,
-                           min(n_symbols, g_start + length)))
+            models.append(
+                (quantized[row, lo[row] : hi[row] + 1], int(precision[row]), g_start, min(n_symbols, g_start + length))
+            )
 
     table, table_bits = _pack_fields(np.concatenate(field_values), np.concatenate(field_widths))
 
@@ -431,7 +470,8 @@ def encode_codes(
     header += bytes([FORMAT_VERSION, dtype_code, array.ndim])
     for dim in array.shape:
         header += _varint(dim)
-    header += _varint(_zigzag(base)) + _varint(span) + _varint(0 if group_size is None else length)
+    header += _varint(_zigzag(base)) + _varint(span) + bytes([alphabet_gaps is not None])
+    header += _varint(0 if group_size is None else length)
     header += _varint(table_bits) + _varint(words.size)
     body = bytes(header) + table + words.tobytes()
     return body + zlib.crc32(body).to_bytes(4, "little")
@@ -448,6 +488,7 @@ class _Header:
     shape: tuple[int, ...]
     base: int
     span: int
+    listed_alphabet: bool
     group_size: int
     table_bits: int
     n_words: int
@@ -475,15 +516,18 @@ def _parse(data: bytes) -> _Header:
     for _ in range(ndim):
         dim, pos = _read_varint(data, pos)
         shape.append(dim)
-    fields = []
-    for _ in range(5):
-        value, pos = _read_varint(data, pos)
-        fields.append(value)
-    zig_base, span, group_size, table_bits, n_words = fields
-    header = _Header(_DTYPES[dtype_code], tuple(shape), _unzigzag(zig_base), span, group_size, table_bits,
-                     n_words, pos)
+    zig_base, pos = _read_varint(data, pos)
+    span, pos = _read_varint(data, pos)
+    if pos >= len(data) or data[pos] > 1:
+        raise CorruptDataError("entropy-coded stream has a malformed alphabet flag; it is corrupted")
+    listed = bool(data[pos])
+    group_size, pos = _read_varint(data, pos + 1)
+    table_bits, pos = _read_varint(data, pos)
+    n_words, pos = _read_varint(data, pos)
+    base = _unzigzag(zig_base)
+    header = _Header(_DTYPES[dtype_code], tuple(shape), base, span, listed, group_size, table_bits, n_words, pos)
     expected = pos + -(-table_bits // 8) + 4 * n_words + 4
-    if expected != len(data) or math.prod(shape) == 0 or span >= MAX_ALPHABET_SPAN:
+    if expected != len(data) or math.prod(shape) == 0 or span >= MAX_DISTINCT_SYMBOLS:
         raise CorruptDataError("entropy-coded stream's header disagrees with its length; it is corrupted")
     return header
 
@@ -509,14 +553,17 @@ def decode_codes(data: bytes) -> np.ndarray:
     n_symbols = math.prod(header.shape)
     length, n_groups = _group_bounds(n_symbols, header.group_size or None)
     table_end = header.header_bytes + -(-header.table_bits // 8)
-    table = np.frombuffer(
-        data, dtype=np.uint8, count=table_end - header.header_bytes, offset=header.header_bytes
-    )
+    table = np.frombuffer(data, dtype=np.uint8, count=table_end - header.header_bytes, offset=header.header_bytes)
     reader = _BitReader(np.unpackbits(table)[: header.table_bits])
     words = np.frombuffer(data, dtype="<u4", count=header.n_words, offset=table_end).astype(np.uint32)
     range_bits = header.span.bit_length()
-    out = np.empty(n_symbols, dtype=np.int32)  # offsets from base; the span is below 2^24
+    out = np.empty(n_symbols, dtype=np.int32)  # ranks in the stream's alphabet
     try:
+        alphabet = None
+        if header.listed_alphabet:
+            gap_width = int(reader.take(GAP_WIDTH_FIELD_BITS)[0])
+            gaps = reader.take(gap_width, header.span).astype(np.uint64) + np.uint64(1)
+            alphabet = np.concatenate([[np.uint64(0)], np.cumsum(gaps, dtype=np.uint64)])
         coder = constriction.stream.stack.AnsCoder(words)
         for group in range(n_groups):
             start, stop = group * length, min(n_symbols, (group + 1) * length)
@@ -544,7 +591,7 @@ def decode_codes(data: bytes) -> np.ndarray:
     except Exception as error:  # constriction signals bad words with its own exceptions
         raise CorruptDataError(f"entropy-coded stream failed to decode ({error}); it is corrupted") from error
     # Add the base in the target dtype: any intermediate wrap-around cancels since the true values fit it.
-    restored = out.astype(header.dtype)
+    restored = out.astype(header.dtype) if alphabet is None else alphabet.astype(header.dtype)[out]
     np.add(restored, np.array(header.base).astype(header.dtype), out=restored, casting="unsafe")
     return restored.reshape(header.shape)
 
