@@ -1,8 +1,8 @@
 """Weight formats: element grids × scaling × sparse outliers, with exact bit counts.
 
-    >>> from wquant.formats import quantize
-    >>> q = quantize(w, "nf4/block64:absmax:fp32")
-    >>> q.bits_per_param(), q.dequantize()
+>>> from wquant.formats import quantize
+>>> q = quantize(w, "nf4/block64:absmax:fp32")
+>>> q.bits_per_param(), q.dequantize()
 """
 
 from wquant.formats.codebook import Codebook

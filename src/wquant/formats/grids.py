@@ -16,7 +16,7 @@ from scipy import stats
 
 from wquant.errors import SpecError
 from wquant.formats.codebook import Codebook
-from wquant.formats.floats import FloatFormat, float_format
+from wquant.formats.floats import FloatFormat
 from wquant.validation import check_int_range
 
 EULER_GAMMA = 0.5772156649015329

@@ -207,9 +207,7 @@ class _Groups:
     offset_codes: np.ndarray | None
 
 
-def _quantize_groups(
-    blocks: torch.Tensor, pad: int, book: Codebook, sc: Scaling, multiplier: float
-) -> _Groups:
+def _quantize_groups(blocks: torch.Tensor, pad: int, book: Codebook, sc: Scaling, multiplier: float) -> _Groups:
     raw, mins = sc.raw_scales(blocks, book, pad)
     scales, scale_codes, factor = sc.scale_format.quantize(raw * multiplier, book.absmax_target)
     offsets = offset_codes = None

@@ -161,9 +161,7 @@ class Scaling:
             x2d = torch.cat([x2d, x2d[:, -1:].expand(rows, pad)], dim=1)
         return x2d.reshape(rows, -1, size), pad
 
-    def raw_scales(
-        self, blocks: torch.Tensor, book: Codebook, pad: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def raw_scales(self, blocks: torch.Tensor, book: Codebook, pad: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Unquantized fp32 scales per group (and the minimum per group for minmax)."""
         if self.rule == "absmax":
             return blocks.abs().amax(dim=-1) / book.absmax_target, None

@@ -159,7 +159,7 @@ class FormatSpec:
             out = data.get("outliers")
             outliers = None if out is None else OutlierSpec(float(out["ratio"]), ScaleFormat(out["value_format"]))
         except (KeyError, TypeError) as exc:
-            raise SpecError(f"format JSON is missing or has a malformed field ({exc}); see FormatSpec.to_dict") from None
+            raise SpecError(f"format JSON lacks or garbles a field ({exc}); see FormatSpec.to_dict") from None
         return FormatSpec(grid, scaling, outliers)
 
     @staticmethod
@@ -214,6 +214,8 @@ def parse_element(token: str) -> ElementGrid:
             if not opts or len(opts) > 2 or (len(opts) == 2 and opts[1] != "nearest"):
                 raise SpecError(f"power grid is written pow<a>:<bits>[:nearest], got {token!r}")
             return PowerGrid(int(opts[0]), float(m.group(1)), "nearest" if len(opts) == 2 else "companded")
+    except SpecError:
+        raise
     except ValueError as exc:
         raise SpecError(f"element {token!r} has a malformed number ({exc})") from None
     raise SpecError(f"element {token!r} unknown; valid forms: {'; '.join(ELEMENT_FORMS)}")

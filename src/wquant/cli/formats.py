@@ -1,0 +1,88 @@
+"""`wquant formats ...`: list the formats and compare them on a distribution or a real tensor."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Annotated
+
+import torch
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from wquant.errors import WquantError
+from wquant.formats import PRESETS, quantize
+from wquant.formats.compare import compare_formats, load_tensor, sample_source, standard_formats
+from wquant.formats.scaling import SCALE_RULES
+from wquant.formats.spec import ELEMENT_FORMS
+
+app = typer.Typer(help="Weight formats: list them, compare them.", no_args_is_help=True)
+console = Console() if sys.stdout.isatty() else Console(width=160)  # full spec strings in logs and pipes
+
+
+def fail(exc: WquantError) -> typer.Exit:
+    """Print a wquant error as one line and exit with status 2 (bad input)."""
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    return typer.Exit(code=2)
+
+
+@app.command("list")
+def list_formats() -> None:
+    """Show every element grid, scaling option and named preset (with its bits/param on 4096-wide rows)."""
+    console.print("[bold]Spec:[/] ELEMENT[/GRANULARITY[:RULE][:SCALE]][+search][+outliers<ratio>[:fp16|bf16|fp32]]")
+    console.print("[bold]Elements:[/] " + "; ".join(ELEMENT_FORMS))
+    console.print("[bold]Granularity:[/] tensor, channel, block<B> (B need not divide the row; padding is not stored)")
+    console.print("[bold]Rules:[/] " + ", ".join(SCALE_RULES))
+    console.print("[bold]Scale formats:[/] fp32, fp16, bf16, e8m0 (OCP floor), e8m0-rceil, ExMy (e4m3, ue4m3, e7m3…)")
+    table = Table(title="Presets")
+    table.add_column("name")
+    table.add_column("spec")
+    table.add_column("bits/param", justify="right")
+    probe = torch.randn(8, 4096, generator=torch.Generator().manual_seed(0))
+    for name, spec in PRESETS.items():
+        table.add_row(name, spec, f"{quantize(probe, spec).bits_per_param():.4f}")
+    console.print(table)
+
+
+@app.command("compare")
+def compare(
+    dist: Annotated[
+        str, typer.Option(help="normal | laplace | t:<nu> (unit variance, iid) or FILE.safetensors:TENSOR")
+    ] = "normal",
+    formats: Annotated[
+        list[str] | None, typer.Option("--formats", "-f", help="format spec (repeat); default: a standard set")
+    ] = None,
+    bits: Annotated[int, typer.Option(help="element bits of the standard set")] = 4,
+    n: Annotated[int, typer.Option(help="samples drawn for a distribution")] = 2**20,
+    seed: Annotated[int, typer.Option(help="seed of the samples")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object per format")] = False,
+) -> None:
+    """Quantize one tensor with several formats: bits/param (all-in), relative MSE, SQNR, gap to R(D).
+
+    Examples:
+      wquant formats compare --dist normal --bits 4
+      wquant formats compare --dist t:5 -f nf4 -f mxfp4 -f "crd-t5:4/tensor:rms+outliers0.001"
+      wquant formats compare --dist model.safetensors:layers.0.mlp.weight --bits 3
+    """
+    try:
+        if dist.endswith(".safetensors") or ".safetensors:" in dist:
+            x, source = load_tensor(dist), None
+        else:
+            x, source = sample_source(dist, n, seed), dist
+        specs = list(formats) if formats else standard_formats(bits)
+        reports = compare_formats(x, specs, source)
+    except WquantError as exc:
+        raise fail(exc) from None
+    if as_json:
+        for report in reports:
+            typer.echo(json.dumps(dataclasses.asdict(report)))
+        return
+    table = Table(title=f"{dist}: {x.numel():,} values")
+    for col in ("format", "bits/param", "rel. MSE", "SQNR dB", "gap to R(D), bits"):
+        table.add_column(col, justify="left" if col == "format" else "right")
+    for r in sorted(reports, key=lambda rep: rep.bits_per_param):
+        table.add_row(r.spec, f"{r.bits_per_param:.4f}", f"{r.rel_mse:.5f}", f"{r.sqnr_db:.2f}", f"{r.gap_bits:.3f}")
+    console.print(table)
