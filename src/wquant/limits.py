@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -510,9 +511,9 @@ def empirical_rate_distortion_curve(
 def _solve_slope(
     data: np.ndarray,
     grid_distortion: float,
-    miss: callable,  # type: ignore[valid-type]
+    miss: Callable[[RateDistortionPoint], float],
     first_slope: float,
-    update: callable,  # type: ignore[valid-type]
+    update: Callable[[RateDistortionPoint, float], float],
     tolerance_bits: float,
     max_iterations: int,
 ) -> RateDistortionPoint:
@@ -546,7 +547,7 @@ def empirical_rate_at_distortion(
         target,
         lambda pt: pt.distortion / target - 1,
         1 / (2 * LN2 * target),
-        lambda pt, slope: slope * (pt.distortion / target) ** 1.0,
+        lambda pt, slope: slope * pt.distortion / target,  # Gaussian-like: slope ∝ 1/D
         tolerance_bits,
         max_iterations,
     )

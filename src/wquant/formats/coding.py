@@ -573,6 +573,8 @@ def decode_codes(data: bytes) -> np.ndarray:
         alphabet = None
         if header.listed_alphabet:
             gap_width = int(reader.take(GAP_WIDTH_FIELD_BITS)[0])
+            if gap_width > 64:
+                raise CorruptDataError("entropy-coded stream has an invalid alphabet gap width")
             gaps = reader.take(gap_width, header.span).astype(np.uint64) + np.uint64(1)
             alphabet = np.concatenate([[np.uint64(0)], np.cumsum(gaps, dtype=np.uint64)])
         coder = constriction.stream.stack.AnsCoder(words)
