@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from wquant.errors import CorruptDataError, ParameterError
@@ -98,6 +99,6 @@ def progress_bar(description: str, total: int | None, *, enabled: bool = True) -
     columns = (
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
     )  # fmt: skip
-    with Progress(*columns, transient=True) as progress:
+    with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:  # stdout stays data
         task = progress.add_task(description, total=total)
         yield lambda n=1: progress.advance(task, n)

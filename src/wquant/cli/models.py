@@ -1,0 +1,242 @@
+"""`wquant quantize | eval | train-lm`: quantize whole Hugging Face models, measure the damage, train a testbed.
+
+MODEL_DIR is a local Hugging Face folder (safetensors weights + tokenizer) or the word `minilm` for the
+embedded all-MiniLM-L6-v2. Nothing is downloaded: every command runs offline.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from wquant.errors import ParameterError, WquantError
+
+app = typer.Typer(help="Quantize whole models, evaluate them, train a small causal-LM testbed.", no_args_is_help=True)
+console = Console() if sys.stdout.isatty() else Console(width=160)
+
+ModelDir = Annotated[str, typer.Argument(help="local Hugging Face model folder, or 'minilm'", show_default=False)]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--override", "-o", help="GLOB=SPEC for matching modules (repeat; first match wins; SPEC 'none' "
+                 "keeps them unquantized)"),
+]  # fmt: skip
+Targets = Annotated[
+    list[str] | None, typer.Option("--target", "-t", help="module kinds to quantize: linear, embedding (repeat)")
+]
+Excludes = Annotated[list[str] | None, typer.Option("--exclude", "-x", help="module-name glob to leave alone (repeat)")]
+
+
+def _quiet_transformers() -> None:
+    """transformers' own loading bars would interleave with ours and with --json output."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
+def fail(exc: WquantError) -> typer.Exit:
+    """Print a wquant error as one line and exit with status 2 (bad input)."""
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    return typer.Exit(code=2)
+
+
+def parse_overrides(items: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """['glob=spec', ...] → (('glob', 'spec'), ...)."""
+    pairs = []
+    for item in items or []:
+        glob, sep, spec = item.partition("=")
+        if not sep or not glob.strip() or not spec.strip():
+            raise ParameterError(f"--override {item!r} must be GLOB=SPEC, e.g. 'lm_head=int8/channel:absmax:bf16'")
+        pairs.append((glob.strip(), spec.strip()))
+    return tuple(pairs)
+
+
+def _config(fmt: str, overrides: list[str] | None, targets: list[str] | None, excludes: list[str] | None) -> Any:
+    from wquant.models import TARGET_KINDS, QuantizeConfig
+
+    return QuantizeConfig(
+        fmt, targets=tuple(targets or TARGET_KINDS), exclude=tuple(excludes or ()), overrides=parse_overrides(overrides)
+    )
+
+
+def _bits_table(title: str, report: Any) -> Table:
+    table = Table(title=title)
+    for col in ("stored as", "tensors", "params", "bits", "bits/param"):
+        table.add_column(col, justify="left" if col == "stored as" else "right")
+    groups: dict[str, list[Any]] = {}
+    for row in report.tensors:
+        groups.setdefault(row.stored_as, []).append(row)
+    for name, rows in sorted(groups.items()):
+        params, bits = sum(r.numel for r in rows), sum(r.bits for r in rows)
+        table.add_row(name, str(len(rows)), f"{params:,}", f"{bits:,}", f"{bits / params:.4f}")
+    table.add_row("[bold]model", str(len(report.tensors)), f"{report.params:,}", f"{report.bits:,}",
+                  f"[bold]{report.bits_per_param:.4f}")  # fmt: skip
+    return table
+
+
+@app.command("quantize")
+def quantize_cmd(
+    model_dir: ModelDir,
+    out: Annotated[Path, typer.Option("--out", help="folder to write the quantized model to", show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="format spec for every selected tensor")] = (
+        "int4:unsigned/block64:minmax:bf16"
+    ),
+    override: Overrides = None,
+    target: Targets = None,
+    exclude: Excludes = None,
+) -> None:
+    """Quantize a model's Linear/Embedding weights and save it (safetensors + checked JSON manifest).
+
+    Examples:
+      wquant quantize minilm --format int4:unsigned/block64:minmax:bf16 --target linear --out minilm-int4
+      wquant quantize ./my-llama -f nf4 --override 'lm_head=int8/channel:absmax:bf16' --out llama-nf4
+      wquant quantize ./my-llama -f mxfp4 -o '*embed_tokens=none' -x '*.layers.0.*' --out llama-mx
+    """
+    from wquant.models import load_pretrained, model_bits, quantize_model, save_quantized
+
+    _quiet_transformers()
+    try:
+        config = _config(fmt, override, target, exclude)
+        loaded = load_pretrained(model_dir)
+        before = model_bits(loaded.model)
+        quantize_model(loaded.model, config)
+        save_quantized(loaded.model, out, tokenizer=loaded.tokenizer)
+    except WquantError as exc:
+        raise fail(exc) from None
+    report = model_bits(loaded.model)
+    console.print(_bits_table(f"{loaded.path.name}: {before.bits_per_param:.2f} → {report.bits_per_param:.4f} "
+                              "bits/param", report))  # fmt: skip
+    console.print(f"saved to {out}")
+
+
+@app.command("eval")
+def eval_cmd(
+    model_dir: ModelDir,
+    text: Annotated[Path, typer.Option("--text", help="UTF-8 text file to evaluate on", show_default=False)],
+    quantized: Annotated[
+        Path | None, typer.Option("--quantized", "-q", help="folder written by 'wquant quantize' to compare")
+    ] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", "-f", help="quantize MODEL_DIR on the fly to this spec and compare")
+    ] = None,
+    override: Overrides = None,
+    target: Targets = None,
+    exclude: Excludes = None,
+    window: Annotated[int, typer.Option(help="causal LMs: tokens per non-overlapping window")] = 256,
+    top_k: Annotated[int, typer.Option(help="causal LMs: k of the top-k KL")] = 10,
+    limit: Annotated[int | None, typer.Option(help="encoders: use at most this many paragraphs")] = None,
+    min_chars: Annotated[int, typer.Option(help="encoders: shortest line kept as a paragraph")] = 30,
+    batch_size: Annotated[int, typer.Option(help="windows or paragraphs per forward pass")] = 16,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as one JSON object")] = False,
+) -> None:
+    """Measure a quantized model against its unquantized base on a text file.
+
+    Causal LMs: perplexity of both and KL(base ‖ quantized), full and top-k, plus top-1 agreement.
+    Encoders: mean/min cosine of mean-pooled sentence embeddings, nearest-neighbour agreement.
+    Without --quantized or --format, a causal LM's perplexity alone is reported.
+
+    Examples:
+      wquant eval minilm --format int4:unsigned/block64:minmax:bf16 --target linear --text wiki.txt --limit 1000
+      wquant eval minilm --quantized minilm-int4 --text wiki.txt
+      wquant eval ~/.cache/wquant/lm --quantized lm-int4 --text shakespeare.txt --window 128
+    """
+    from wquant.evaluate import compare_causal, compare_encoders, iter_paragraphs, perplexity, read_text
+    from wquant.models import load_pretrained, load_quantized, quantize_model
+
+    _quiet_transformers()
+    try:
+        if quantized is not None and fmt is not None:
+            raise ParameterError("pass either --quantized DIR or --format SPEC, not both")
+        loaded = load_pretrained(model_dir)
+        other = None
+        if quantized is not None:
+            other = load_quantized(quantized)
+        elif fmt is not None:
+            other = quantize_model(copy.deepcopy(loaded.model), _config(fmt, override, target, exclude))
+        if loaded.task == "causal-lm":
+            body = read_text(text)
+            if other is None:
+                result: Any = perplexity(loaded.model, loaded.tokenizer, body, window=window,
+                                         batch_size=batch_size, progress=True)  # fmt: skip
+            else:
+                result = compare_causal(loaded.model, other, loaded.tokenizer, body, window=window,
+                                        batch_size=batch_size, top_k=top_k, progress=True)  # fmt: skip
+        else:
+            if other is None:
+                raise ParameterError("an encoder has no perplexity; pass --quantized DIR or --format SPEC to compare")
+            paragraphs = iter_paragraphs(text, min_chars=min_chars, limit=limit)
+            result = compare_encoders(loaded.model, other, loaded.tokenizer, paragraphs, batch_size=batch_size,
+                                      max_length=loaded.max_length, total=limit, progress=True)  # fmt: skip
+    except WquantError as exc:
+        raise fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps(dataclasses.asdict(result)))
+        return
+    console.print(_result_table(f"{loaded.path.name} on {text.name}", result))
+
+
+def _result_table(title: str, result: Any) -> Table:
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in _flatten(dataclasses.asdict(result)):
+        table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+    return table
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            rows += _flatten(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
+@app.command("train-lm")
+def train_lm_cmd(
+    text: Annotated[Path, typer.Argument(help="UTF-8 training text", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="folder for model + tokenizer", show_default=False)],
+    steps: Annotated[int, typer.Option(help="optimizer steps")] = 400,
+    seed: Annotated[int, typer.Option(help="seed of initialisation and batch sampling")] = 0,
+    hidden_size: Annotated[int, typer.Option(help="model width")] = 128,
+    layers: Annotated[int, typer.Option(help="transformer blocks")] = 4,
+    context: Annotated[int, typer.Option(help="training window, characters")] = 128,
+    batch_size: Annotated[int, typer.Option(help="windows per step")] = 16,
+    threads: Annotated[int, typer.Option(help="torch CPU threads while training")] = 2,
+) -> None:
+    """Train a small seeded character-level Llama on a text file (a causal LM for KL / perplexity work).
+
+    The last 10 % of the text is held out; the folder loads with AutoModelForCausalLM / AutoTokenizer.
+
+    Examples:
+      wquant train-lm /work/shared/data/tinyshakespeare.txt --out ~/.cache/wquant/shakespeare-lm
+      wquant train-lm corpus.txt --out lm --steps 1000 --hidden-size 192 --layers 6
+    """
+    from wquant.evaluate import TrainConfig, train_causal_lm
+
+    _quiet_transformers()
+    try:
+        base = TrainConfig()
+        heads = base.heads if hidden_size % base.heads == 0 else 1
+        config = TrainConfig(
+            hidden_size=hidden_size, layers=layers, heads=heads, intermediate_size=3 * hidden_size,
+            context=context, batch_size=batch_size, steps=steps, seed=seed, threads=threads,
+        )  # fmt: skip
+        result = train_causal_lm(text, out, config, progress=True)
+    except WquantError as exc:
+        raise fail(exc) from None
+    console.print(
+        f"trained {result.params:,} parameters in {result.seconds:.0f} s: train loss {result.train_loss:.3f}, "
+        f"held-out loss {result.heldout_loss:.3f} nats/char → {result.path}"
+    )

@@ -1,0 +1,88 @@
+"""The models CLI (quantize / eval / train-lm) through typer's CliRunner on the sub-app itself."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from wquant.cli.models import app
+from wquant.evaluate import char_tokenizer
+from wquant.models import load_quantized, read_manifest
+
+TEXT = "Now is the winter of our discontent\nMade glorious summer by this sun of York;\n" * 12
+runner = CliRunner()
+
+
+@pytest.fixture
+def lm_dir(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = char_tokenizer(TEXT)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, architectures=["LlamaForCausalLM"],
+    )  # fmt: skip
+    folder = tmp_path / "lm"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT)
+    return path
+
+
+@pytest.mark.parametrize("command", ["quantize", "eval", "train-lm"])
+def test_help_has_examples(command) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "Examples" in result.output
+
+
+def test_quantize_then_eval(lm_dir, text_file, tmp_path) -> None:
+    out = tmp_path / "q"
+    result = runner.invoke(app, ["quantize", str(lm_dir), "--format", "int4:unsigned/block16:minmax:bf16",
+                                 "--override", "lm_head=int8/channel:absmax:bf16", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    body = read_manifest(out)
+    assert body["quantized"]["lm_head.weight"]["spec"] == "int8/channel:absmax:bf16"
+    assert body["quantized"]["model.layers.0.mlp.up_proj.weight"]["spec"] == "int4:unsigned/block16:minmax:bf16"
+    assert (out / "tokenizer.json").is_file()
+    load_quantized(out)
+    result = runner.invoke(app, ["eval", str(lm_dir), "--quantized", str(out), "--text", str(text_file),
+                                 "--window", "32", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["kl"] > 0 and data["quantized"]["bits_per_param"] < 32 and data["reference"]["bits_per_param"] == 32
+    result = runner.invoke(app, ["eval", str(lm_dir), "--text", str(text_file), "--window", "32"])
+    assert result.exit_code == 0 and "perplexity" in result.output
+
+
+def test_train_lm(text_file, tmp_path) -> None:
+    args = ["train-lm", str(text_file), "--out", str(tmp_path / "lm"), "--steps", "2", "--hidden-size", "16",
+            "--layers", "1", "--context", "16", "--batch-size", "2"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "lm" / "model.safetensors").is_file() and (tmp_path / "lm" / "tokenizer.json").is_file()
+
+
+def test_bad_inputs_exit_2_with_a_message(lm_dir, text_file, tmp_path) -> None:
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    cases = [
+        (["quantize", str(tmp_path), "--out", str(tmp_path / "o")], "no config.json"),
+        (["quantize", str(lm_dir), "--override", "nospec", "--out", str(tmp_path / "o")], "GLOB=SPEC"),
+        (["quantize", str(lm_dir), "--format", "int4/block0", "--out", str(tmp_path / "o")], "block size"),
+        (["eval", str(lm_dir), "--text", str(latin)], "not UTF-8"),
+        (["eval", str(lm_dir), "--text", str(tmp_path / "none.txt")], "does not exist"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
