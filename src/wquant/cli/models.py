@@ -113,7 +113,7 @@ def quantize_cmd(
     except WquantError as exc:
         raise fail(exc) from None
     report = model_bits(loaded.model)
-    console.print(_bits_table(f"{loaded.path.name}: {before.bits_per_param:.2f} → {report.bits_per_param:.4f} "
+    console.print(_bits_table(f"{model_dir}: {before.bits_per_param:.2f} → {report.bits_per_param:.4f} "
                               "bits/param", report))  # fmt: skip
     console.print(f"saved to {out}")
 
@@ -181,7 +181,7 @@ def eval_cmd(
     if as_json:
         typer.echo(json.dumps(dataclasses.asdict(result)))
         return
-    console.print(_result_table(f"{loaded.path.name} on {text.name}", result))
+    console.print(_result_table(f"{model_dir} on {text.name}", result))
 
 
 def _result_table(title: str, result: Any) -> Table:

@@ -70,9 +70,7 @@ def model_bits(model: nn.Module) -> ModelBits:
         rows.append(TensorBits(f"{path}.weight", q.numel, q.bits(), q.spec.to_string(), True))
     for name, param in model.named_parameters():  # named_parameters already drops tied duplicates
         rows.append(
-            TensorBits(
-                name, param.numel(), param.numel() * param.element_size() * 8, _dtype_name(param), False
-            )
+            TensorBits(name, param.numel(), param.numel() * param.element_size() * 8, _dtype_name(param), False)
         )
     return ModelBits(tuple(rows))
 

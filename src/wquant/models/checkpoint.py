@@ -73,10 +73,27 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _save_tokenizer(tokenizer: Any, out: Path) -> None:
+    """Write the tokenizer's files beside the model, each moved into place atomically."""
+    with tempfile.TemporaryDirectory(prefix=".tokenizer.", dir=out) as staging:
+        tokenizer.save_pretrained(staging)
+        for file in Path(staging).iterdir():
+            if file.is_file():
+                os.chmod(file, 0o666 & ~_umask())
+                os.replace(file, out / file.name)
 
 
 def _base_config(model: nn.Module) -> dict[str, Any] | None:
@@ -158,11 +175,9 @@ def save_quantized(model: nn.Module, out_dir: str | os.PathLike[str], *, tokeniz
         "bits": {"total": report.bits, "params": report.params, "bits_per_param": report.bits_per_param},
     }
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
+        _save_tokenizer(tokenizer, out)
     manifest = {"body": body, "sha256": _sha256(_canonical(body))}
-    _atomic_write(
-        out / MANIFEST_FILE, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    )
+    _atomic_write(out / MANIFEST_FILE, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8"))
     return out
 
 
@@ -200,8 +215,7 @@ def _load_tensors(folder: Path, body: dict[str, Any]) -> dict[str, torch.Tensor]
         raise CorruptDataError(f"{folder}: {body['tensors_file']} is missing")
     if _file_sha256(path) != body["tensors_file_sha256"]:
         raise CorruptDataError(
-            f"{path} fails its sha256 check (size {path.stat().st_size} bytes): "
-            "the file is truncated or changed"
+            f"{path} fails its sha256 check (size {path.stat().st_size} bytes): the file is truncated or changed"
         )
     try:
         tensors = load_file(str(path))
@@ -209,13 +223,26 @@ def _load_tensors(folder: Path, body: dict[str, Any]) -> dict[str, torch.Tensor]
         raise CorruptDataError(f"{path} does not parse as safetensors: {exc}") from None
     expected = body["tensors"]
     if set(tensors) != set(expected):
-        raise CorruptDataError(
-            f"{path} holds tensors {sorted(set(tensors) ^ set(expected))[:5]} not in the manifest"
-        )
+        raise CorruptDataError(f"{path} holds tensors {sorted(set(tensors) ^ set(expected))[:5]} not in the manifest")
     for name, info in expected.items():
         if _tensor_sha256(tensors[name]) != info["sha256"]:
             raise CorruptDataError(f"{path}: tensor {name} fails its sha256 check")
     return tensors
+
+
+def _load_bytes(body: dict[str, Any]) -> int:
+    """Stored tensors, the largest dequantized weight (rebuilt one at a time), and the model skeleton's own
+    parameters (built on the meta device: none)."""
+    try:
+        stored = sum(
+            int(np.prod(i["shape"], dtype=np.int64)) * _DTYPES[i["dtype"]].itemsize for i in body["tensors"].values()
+        )
+        dequantized = [
+            int(np.prod(i["shape"], dtype=np.int64)) * _DTYPES[i["dtype"]].itemsize for i in body["quantized"].values()
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptDataError(f"manifest tensor entries are malformed ({type(exc).__name__}: {exc})") from None
+    return stored + max(dequantized, default=0)
 
 
 def _skeleton(body: dict[str, Any]) -> nn.Module:
@@ -253,8 +280,7 @@ def load_quantized(
     """
     folder = Path(folder).expanduser()
     body = read_manifest(folder)
-    needed = sum(int(np.prod(i["shape"], dtype=np.int64)) * 4 for i in body["tensors"].values())
-    check_fits_in_memory(needed, str(folder), available_bytes=available_bytes)
+    check_fits_in_memory(_load_bytes(body), str(folder), available_bytes=available_bytes)
     tensors = _load_tensors(folder, body)
     net = model if model is not None else _skeleton(body)
     try:
@@ -273,9 +299,7 @@ def load_quantized(
                 new: nn.Module = QuantizedEmbedding(holder, padding_idx=info.get("padding_idx"))
             else:
                 bias = getattr(old, "bias", None)
-                new = QuantizedLinear(
-                    holder, bias if isinstance(bias, nn.Parameter) else None, layout=info["layout"]
-                )
+                new = QuantizedLinear(holder, bias if isinstance(bias, nn.Parameter) else None, layout=info["layout"])
             set_submodule(net, path, new)
         _assign(net, tensors, body["aliases"])
     except WquantError:

@@ -57,13 +57,9 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptDataError(f"{model_dir / 'config.json'} does not parse as JSON: {exc}") from None
     if not isinstance(config, dict) or "model_type" not in config:
-        raise CorruptDataError(
-            f"{model_dir / 'config.json'} has no model_type; is this a transformers model?"
-        )
+        raise CorruptDataError(f"{model_dir / 'config.json'} has no model_type; is this a transformers model?")
     if config.get("auto_map"):
-        raise ParameterError(
-            f"{model_dir} needs custom code (auto_map in config.json); wquant never runs remote code"
-        )
+        raise ParameterError(f"{model_dir} needs custom code (auto_map in config.json); wquant never runs remote code")
     return config
 
 
@@ -84,9 +80,7 @@ def safetensors_payload_bytes(path: Path) -> int:
         with path.open("rb") as fh:
             (header_len,) = struct.unpack("<Q", fh.read(8))
             if header_len > 100_000_000:
-                raise CorruptDataError(
-                    f"{path}: safetensors header claims {header_len} bytes; file is corrupt"
-                )
+                raise CorruptDataError(f"{path}: safetensors header claims {header_len} bytes; file is corrupt")
             header = json.loads(fh.read(header_len))
     except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptDataError(f"{path}: unreadable safetensors header ({exc})") from None
@@ -172,9 +166,7 @@ def load_tokenizer(model_dir: Path) -> Any:
     except WquantError:
         raise
     except Exception as exc:  # transformers raises many types; report them as one clear error
-        raise CorruptDataError(
-            f"{model_dir}: tokenizer files do not load ({type(exc).__name__}: {exc})"
-        ) from None
+        raise CorruptDataError(f"{model_dir}: tokenizer files do not load ({type(exc).__name__}: {exc})") from None
 
 
 def max_sequence_length(model_dir: Path, config: dict[str, Any], tokenizer: Any) -> int:

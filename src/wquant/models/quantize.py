@@ -67,8 +67,7 @@ class QuantizeConfig:
         unknown = set(self.targets) - set(TARGET_KINDS)
         if unknown or not self.targets:
             raise ParameterError(
-                f"targets {sorted(unknown) or list(self.targets)} invalid; "
-                f"choose from {valid_choices(TARGET_KINDS)}"
+                f"targets {sorted(unknown) or list(self.targets)} invalid; choose from {valid_choices(TARGET_KINDS)}"
             )
         self._specs["*"] = parse_spec(self.format)
         for glob, spec in overrides:
@@ -115,11 +114,7 @@ def module_kind(module: nn.Module) -> str | None:
         return "linear"
     if isinstance(module, nn.Embedding):
         return "embedding"
-    if (
-        type(module).__name__ == "Conv1D"
-        and hasattr(module, "nf")
-        and isinstance(module.weight, torch.Tensor)
-    ):
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf") and isinstance(module.weight, torch.Tensor):
         return "transposed"
     return None
 
@@ -182,9 +177,7 @@ def quantize_model(model: nn.Module, config: QuantizeConfig | None = None) -> nn
         if first.kind == "transposed":
             weight = weight.t()
         if first.kind == "embedding" and first.module.max_norm is not None:
-            raise TensorError(
-                f"{name}: nn.Embedding with max_norm rewrites its weights on lookup; exclude it"
-            )
+            raise TensorError(f"{name}: nn.Embedding with max_norm rewrites its weights on lookup; exclude it")
         try:
             stored = quantize(weight.cpu().contiguous(), spec, nan_policy=config.nan_policy, name=name)
         except WquantError as exc:
