@@ -27,7 +27,10 @@ def check_tensor(x: object, name: str = "tensor", *, nan_policy: NanPolicy = "ra
         )
     if x.numel() == 0:
         raise TensorError(f"{name}: tensor of shape {tuple(x.shape)} is empty; there is nothing to quantize")
-    finite = torch.isfinite(x)
+    total = x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    if bool(torch.isfinite(total)):  # NaN and Inf propagate into a sum: one cheap reduction clears the tensor
+        return x
+    finite = torch.isfinite(x)  # the sum may also have overflowed: count properly
     if not bool(finite.all()):
         bad = int((~finite).sum())
         if nan_policy == "zero":

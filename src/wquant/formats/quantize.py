@@ -80,11 +80,15 @@ class QuantizedTensor:
         book = self.codebook()
         rows, cols = _view_2d(self.shape)
         dtype = _compute_dtype(self.dtype)
-        values = book.decode(self.codes, dtype).reshape(rows, cols)
         scales = self.scales().to(dtype)
         offsets = None
         if self.offset_codes is not None:
             offsets = sc.scale_format.decode(self.offset_codes.reshape(-1), None).reshape(scales.shape).to(dtype)
+        if book.step is not None:  # fold the grid step into the scales: one pass fewer over the tensor
+            values = self.codes.to(dtype).add_(book.lo / book.step).reshape(rows, cols)
+            scales = scales * book.step
+        else:
+            values = book.decode(self.codes, dtype).reshape(rows, cols)
         out = _apply_scales(values, scales, offsets, sc)
         if self.outlier_index.size:
             assert self.spec.outliers is not None
@@ -295,19 +299,19 @@ def _group_layout(sc: Scaling, shape: tuple[int, ...]) -> tuple[int, int]:
 def _apply_scales(
     values: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None, sc: Scaling
 ) -> torch.Tensor:
-    """values (rows, cols) in grid units → weights, broadcasting one scale (and offset) per group."""
+    """values (rows, cols) in grid units → weights, in place, broadcasting one scale (and offset) per group."""
     rows, cols = values.shape
     if sc.granularity == "block":
         size = int(sc.block_size)  # type: ignore[arg-type]
         if cols % size == 0:
-            out = values.reshape(rows, -1, size) * scales[..., None]
+            grouped = values.view(rows, -1, size).mul_(scales[..., None])
             if offsets is not None:
-                out = out + offsets[..., None]
-            return out.reshape(rows, cols)
+                grouped.add_(offsets[..., None])
+            return values
         scales = scales.repeat_interleave(size, dim=1)[:, :cols]
         offsets = None if offsets is None else offsets.repeat_interleave(size, dim=1)[:, :cols]
-    out = values * scales
-    return out if offsets is None else out + offsets
+    values.mul_(scales)
+    return values if offsets is None else values.add_(offsets)
 
 
 def _f32_bits(values: np.ndarray) -> np.ndarray:

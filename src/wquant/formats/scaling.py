@@ -163,10 +163,11 @@ class Scaling:
 
     def raw_scales(self, blocks: torch.Tensor, book: Codebook, pad: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Unquantized fp32 scales per group (and the minimum per group for minmax)."""
+        if self.rule in ("absmax", "signmax"):
+            lo_val, hi_val = blocks.aminmax(dim=-1)
         if self.rule == "absmax":
-            return blocks.abs().amax(dim=-1) / book.absmax_target, None
+            return torch.maximum(hi_val, -lo_val) / book.absmax_target, None
         if self.rule == "signmax":
-            hi_val, lo_val = blocks.amax(dim=-1), blocks.amin(dim=-1)
             extreme = torch.where(hi_val >= -lo_val, hi_val, lo_val)  # ties go to the positive side
             endpoint = book.lo if -book.lo > book.hi else book.hi
             return extreme / endpoint, None
@@ -179,5 +180,5 @@ class Scaling:
             counts[:, -1] -= pad
             mean_sq = (sq.sum(dim=-1) / counts).clamp(min=torch.finfo(torch.float32).tiny)
             return mean_sq.sqrt() / book.rms_target, None
-        lo_val, hi_val = blocks.amin(dim=-1), blocks.amax(dim=-1)
+        lo_val, hi_val = blocks.aminmax(dim=-1)
         return (hi_val - lo_val) / (book.hi - book.lo), lo_val
