@@ -11,20 +11,20 @@ BENCHMARKS.md (other sections are left as they are).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
-import tempfile
-import time
+import sys
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import constriction
 import numpy as np
 
-from wquant.formats.coding import coded_size, decode_codes, encode_codes
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_line, median_time, replace_section  # noqa: E402
 
-SECTION = "## Entropy coding"
+from wquant.formats.coding import coded_size, decode_codes, encode_codes  # noqa: E402
+
+SECTION = "Entropy coding"
 TARGET_ENCODE_MSYM_S = 50.0
 
 
@@ -32,17 +32,6 @@ def four_bit_gaussian_codes(side: int = 4096, seed: int = 0) -> np.ndarray:
     """Round N(0,1)/step to 16 levels −8…7, step near the MSE-optimal uniform 4-bit one (0.335)."""
     x = np.random.default_rng(seed).standard_normal((side, side))
     return np.clip(np.round(x / 0.335), -8, 7).astype(np.int8)
-
-
-def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median and min wall seconds of `repeats` calls after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
 
 
 def raw_constriction(codes: np.ndarray) -> tuple[Callable[[], object], Callable[[], object], int]:
@@ -75,10 +64,10 @@ def run(repeats: int) -> tuple[list[tuple[str, float, float, float]], dict[str, 
     entropy_bits = float(-(counts * np.log2(counts / n)).sum())
 
     raw_encode, raw_decode, raw_bits = raw_constriction(codes)
-    ours_enc = timed(lambda: encode_codes(codes), repeats)
-    ours_dec = timed(lambda: decode_codes(data), repeats)
-    raw_enc = timed(raw_encode, repeats)
-    raw_dec = timed(raw_decode, repeats)
+    ours_enc = median_time(lambda: encode_codes(codes), repeats)
+    ours_dec = median_time(lambda: decode_codes(data), repeats)
+    raw_enc = median_time(raw_encode, repeats)
+    raw_dec = median_time(raw_decode, repeats)
     rows = [
         ("encode", n / ours_enc[0] / 1e6, n / raw_enc[0] / 1e6, raw_enc[0] / ours_enc[0]),
         ("decode", n / ours_dec[0] / 1e6, n / raw_dec[0] / 1e6, raw_dec[0] / ours_dec[0]),
@@ -96,13 +85,8 @@ def run(repeats: int) -> tuple[list[tuple[str, float, float, float]], dict[str, 
 
 
 def markdown(rows: list[tuple[str, float, float, float]], sizes: dict[str, float], repeats: int) -> str:
-    env = (
-        f"{os.cpu_count()}-core CPU ({platform.machine()}), numpy {np.__version__}, "
-        f"constriction {_constriction_version()}"
-    )
+    env = f"{machine_line()}, numpy {np.__version__}, constriction {version('constriction')}"
     lines = [
-        SECTION,
-        "",
         f"`python benchmarks/coding_speed.py --write` on {env}. 4096×4096 int8 codes of a quantized N(0,1) "
         f"(16 levels, step 0.335), median of {repeats} repeats. Target: encode ≥ {TARGET_ENCODE_MSYM_S:g} "
         "M symbols/s. *raw* = constriction's AnsCoder alone with a precomputed model; *ours* adds the "
@@ -126,33 +110,6 @@ def markdown(rows: list[tuple[str, float, float, float]], sizes: dict[str, float
     return "\n".join(lines)
 
 
-def _constriction_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("constriction")
-    except Exception:  # pragma: no cover - metadata missing in odd installs
-        return "unknown"
-
-
-def replace_section(path: Path, section: str) -> None:
-    """Swap our section into BENCHMARKS.md (atomically), leaving every other section untouched."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        tail = "\n".join(lines[end:])
-        new = "\n".join(lines[:start]) + "\n" + section + ("\n" + tail if tail else "")
-    new = new.rstrip("\n") + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".BENCHMARKS.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(new)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -162,7 +119,7 @@ def main() -> None:
     section = markdown(rows, sizes, max(5, args.repeats))
     print(section)
     if args.write:
-        replace_section(Path(__file__).resolve().parents[1] / "BENCHMARKS.md", section)
+        replace_section(SECTION, section)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ def main() -> None:
         row = {"case": spec, "bits": q.bits_per_param(), "err": err, "q": n / tq, "d": n / td}
         if bnb is not None:
             packed, state = bnb.quantize_4bit(x, blocksize=block, quant_type="nf4")
-            bq, _ = median_time(lambda block=block: bnb.quantize_4bit(x, blocksize=block, quant_type="nf4"), args.repeats)
+            bq, _ = median_time(
+                lambda block=block: bnb.quantize_4bit(x, blocksize=block, quant_type="nf4"), args.repeats
+            )
             bd, _ = median_time(lambda packed=packed, state=state: bnb.dequantize_4bit(packed, state), args.repeats)
             berr = float((bnb.dequantize_4bit(packed, state) - x).square().sum() / x.square().sum())
             row |= {"bnb_q": n / bq, "bnb_d": n / bd, "bnb_err": berr}

@@ -7,15 +7,14 @@ of BENCHMARKS.md at the repo root. Targets on 2 cores: phase diagram < 30 s, AMP
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import re
-import statistics
-import time
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_line, median_time, replace_section  # noqa: E402
 
 from wquant.theory.amp import run_amp
 from wquant.theory.quantizers import uniform_levels
@@ -28,15 +27,6 @@ FIG2 = RegressionSetting(alpha=1.5, sigma=0.01, lam=0.0, beta=20.0)  # the seed'
 SPEC = RegressionSetting(alpha=0.5, sigma=0.1, lam=0.0, beta=20.0)  # theory.md's M/N = 2 tables
 
 
-def _median_time(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
-
-
 def _amp_n10k() -> None:
     inst = make_instance(FIG2, 10_000, seed=0)
     run_amp(inst, uniform_levels(2, 1.0))
@@ -46,9 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument(
-        "--write", action="store_true", help="update the Theory engine section of BENCHMARKS.md"
-    )
+    parser.add_argument("--write", action="store_true", help="update the Theory engine section of BENCHMARKS.md")
     args = parser.parse_args()
     widths = np.linspace(10 / 60, 10.0, 60)
     cases: list[tuple[str, Callable[[], object], int]] = [
@@ -71,31 +59,19 @@ def main() -> None:
     ]
     rows = []
     for name, fn, rep in cases:
-        fn()  # warm-up (imports, joblib workers)
-        med, times = _median_time(fn, rep)
+        med, times = median_time(fn, rep)  # one warm-up run first (imports, joblib workers)
         rows.append(f"| {name} | {med:.3f} | {min(times):.3f} | {rep} |")
         print(rows[-1], flush=True)
-    machine = (
-        f"{os.cpu_count()}-core CPU ({platform.machine()}), numpy {np.__version__}, joblib n_jobs={args.jobs}"
-    )
+    machine = f"{machine_line()}, numpy {np.__version__}, joblib n_jobs={args.jobs}"
     table = "\n".join(["| case | median s | min s | repeats |", "|---|---:|---:|---:|", *rows])
-    section = (
-        "## Theory engine\n\n"
+    body = (
         f"`python benchmarks/theory_speed.py --write` on {machine}. Targets (2 cores): phase diagram < 30 s, "
         "AMP N = 10^4 < 10 s.\n\n" + table + "\n"
     )
     print()
-    print(section)
+    print(body)
     if args.write:
-        path = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
-        text = path.read_text() if path.exists() else "# Benchmarks\n"
-        pattern = re.compile(r"## Theory engine\n.*?(?=\n## |\Z)", re.S)
-        text = (
-            pattern.sub(section.rstrip("\n"), text)
-            if pattern.search(text)
-            else text.rstrip("\n") + "\n\n" + section
-        )
-        path.write_text(text if text.endswith("\n") else text + "\n")
+        replace_section("Theory engine", body)
 
 
 if __name__ == "__main__":
