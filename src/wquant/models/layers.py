@@ -93,9 +93,6 @@ class QuantizedEmbedding(nn.Module):
         )
 
 
-QuantizedModule = QuantizedLinear | QuantizedEmbedding
-
-
 def quantized_modules(model: nn.Module) -> list[tuple[str, QuantizedLinear | QuantizedEmbedding]]:
     """Every (path, module) that holds a quantized weight, tied or shared modules listed under each path."""
     return [

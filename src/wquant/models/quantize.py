@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -45,7 +45,6 @@ class QuantizeConfig:
     overrides: tuple[tuple[str, str], ...] = ()
     cache_dequantized: bool = False
     nan_policy: NanPolicy = "raise"
-    _specs: dict[str, FormatSpec | None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Normalise list/dict inputs to tuples so the config stays hashable and comparable.
@@ -69,19 +68,21 @@ class QuantizeConfig:
             raise ParameterError(
                 f"targets {sorted(unknown) or list(self.targets)} invalid; choose from {valid_choices(TARGET_KINDS)}"
             )
-        self._specs["*"] = parse_spec(self.format)
+        object.__setattr__(self, "format", parse_spec(self.format))  # fail early, and store the parsed form
+        parsed = []
         for glob, spec in overrides:
-            if spec.strip().lower() != KEEP:
-                try:
-                    self._specs[spec] = parse_spec(spec)
-                except SpecError as exc:
-                    raise SpecError(f"override {glob}={spec}: {exc}") from None
+            if spec.strip().lower() == KEEP:
+                parsed.append((glob, KEEP))
+                continue
+            try:
+                parsed.append((glob, parse_spec(spec).to_string()))
+            except SpecError as exc:
+                raise SpecError(f"override {glob}={spec}: {exc}") from None
+        object.__setattr__(self, "overrides", tuple(parsed))
 
     @property
     def spec(self) -> FormatSpec:
-        spec = self._specs["*"]
-        assert spec is not None
-        return spec
+        return parse_spec(self.format)
 
     def selects(self, module_name: str) -> bool:
         names = _names(module_name)
@@ -92,7 +93,7 @@ class QuantizeConfig:
         names = _names(module_name)
         for glob, spec in self.overrides:
             if _match(names, glob):
-                return None if spec.strip().lower() == KEEP else self._specs[spec]
+                return None if spec == KEEP else parse_spec(spec)
         return self.spec
 
 
