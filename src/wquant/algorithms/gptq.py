@@ -1,0 +1,232 @@
+"""GPTQ: round one input column at a time and push its error onto the columns not yet rounded.
+
+The layer objective ‖(W − Ŵ)X‖² is the quadratic form of H = 2XXᵀ, so once column j is rounded, the
+best correction of the remaining columns is the OBS update through the inverse Hessian. Its upper
+Cholesky factor gives those updates row by row; lazy blocks of columns turn them into matrix products.
+
+Rounding goes through the format's own codebook and the group's scale, so every element grid (INT, FP,
+NF4, cube-root, power, LUT, fitted tables) works, not only uniform ones. A group's scale is fixed when
+GPTQ first reaches one of its columns, from the error-corrected weights at that moment ("dynamic"
+groups; the reference repository's behaviour when groups follow column order), or up front from the
+original weights (`static_groups`, the usual choice with act-order).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from wquant.algorithms._grid import GroupGrid, as_2d, check_hessian, check_weight, prepare
+from wquant.algorithms.rtn import search_multipliers
+from wquant.errors import ConvergenceError, ParameterError
+from wquant.formats import FormatSpec, QuantizedTensor, parse_spec
+from wquant.validation import check_int_range, check_positive, check_tensor
+
+
+class DampingWarning(UserWarning):
+    """The Hessian needed more damping than asked for (near-singular calibration statistics)."""
+
+
+@dataclass(frozen=True)
+class GPTQConfig:
+    """GPTQ settings (defaults are the reference's).
+
+    damp: damping as a fraction of mean(diag H); raised ×10 up to `max_damp` if Cholesky fails.
+    block_size: columns per lazy batch. act_order: process columns by descending diag(H).
+    static_groups: fix every group's scale from the original weights before rounding.
+    scale_search: pick each group's clip (when it is fixed) by diag(H)-weighted error, like RTNConfig.
+    dtype: float32 or float64 arithmetic.
+    """
+
+    format: str | FormatSpec = "int4/block128:absmax:bf16"
+    damp: float = 0.01
+    max_damp: float = 10.0
+    block_size: int = 128
+    act_order: bool = False
+    static_groups: bool = False
+    scale_search: bool = False
+    search_grid: int = 16
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "format", parse_spec(self.format))
+        check_positive(self.damp, "GPTQ damping", allow_zero=True)
+        check_positive(self.max_damp, "GPTQ max damping")
+        check_int_range(self.block_size, "GPTQ block size", 1)
+        check_int_range(self.search_grid, "GPTQ scale search grid", 2, 4096)
+        if self.dtype not in (torch.float32, torch.float64):
+            raise ParameterError(f"GPTQ arithmetic must be torch.float32 or torch.float64, got {self.dtype}")
+
+    @property
+    def spec(self) -> FormatSpec:
+        return self.format  # type: ignore[return-value]
+
+    @property
+    def needs_calibration(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class GPTQResult:
+    quantized: QuantizedTensor
+    loss: float  # Σ (w − q)² / [H⁻¹]_jj / 2, GPTQ's own error estimate
+    damping: float  # damping finally used, as a fraction of mean(diag H)
+    dead_columns: int  # inputs that never fired (diag H = 0)
+
+
+def hessian_from_inputs(x: torch.Tensor, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """H = 2/n · XᵀX over the n rows (tokens) of `x` (..., in); the mean keeps H independent of n."""
+    flat = check_tensor(x, "calibration inputs").reshape(-1, x.shape[-1]).to(dtype)
+    return flat.T @ flat * (2.0 / flat.shape[0])
+
+
+def damped_inverse_factor(h: torch.Tensor, damp: float, max_damp: float, name: str) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor of (H + λI)⁻¹, λ = damp·mean(diag H); λ grows ×10 until it factors.
+
+    A singular or ill-conditioned H (too few or collinear calibration tokens) gets more damping and a
+    DampingWarning; beyond `max_damp` it is a ConvergenceError rather than a silently wrong layer.
+    """
+    mean_diag = float(h.diagonal().mean())
+    if not math.isfinite(mean_diag) or mean_diag <= 0:
+        raise ConvergenceError(f"{name}: Hessian has no positive diagonal (mean {mean_diag}); no calibration signal")
+    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    level = damp
+    while True:
+        chol, info = torch.linalg.cholesky_ex(h + (level * mean_diag) * eye)
+        if int(info) == 0:
+            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol), upper=True)
+            if int(info) == 0 and bool(torch.isfinite(upper).all()):
+                break
+        next_level = max(level * 10, 1e-6)
+        if next_level > max_damp:
+            raise ConvergenceError(
+                f"{name}: Hessian is not positive definite even with damping {level:g}·mean(diag H); "
+                "use more (and more varied) calibration data"
+            )
+        level = next_level
+    if level != damp:
+        warnings.warn(
+            f"{name}: Hessian needed damping {level:g}·mean(diag H) (asked {damp:g}); calibration data may be "
+            "too small or collinear", DampingWarning, stacklevel=3,
+        )  # fmt: skip
+    return upper, level
+
+
+def gptq(
+    weight: torch.Tensor, hessian: torch.Tensor, config: GPTQConfig | None = None, *, name: str = "weight"
+) -> GPTQResult:
+    """Quantize an (out, in) weight with GPTQ against the (in, in) Hessian of its inputs."""
+    config = config or GPTQConfig()
+    weight = check_weight(weight, name)
+    dtype = config.dtype
+    grid = prepare(weight, config.spec, dtype=dtype)
+    w = as_2d(weight.detach()).to(dtype).clone()
+    rows, cols = w.shape
+    h = check_hessian(hessian, cols, name).to(dtype).clone()
+
+    dead = h.diagonal() == 0
+    if bool(dead.all()):
+        raise ConvergenceError(f"{name}: Hessian is all zero; no calibration signal reached this layer")
+    h.diagonal()[dead] = 1.0  # an input that never fired: its column is rounded plainly, no feedback needed
+    perm = torch.argsort(h.diagonal(), descending=True, stable=True) if config.act_order else torch.arange(cols)
+    inv_perm = torch.argsort(perm)
+    w, h = w[:, perm], h[perm][:, perm]
+    upper, level = damped_inverse_factor(h, config.damp, config.max_damp, name)
+    diag_h = h.diagonal().clone()
+    del h
+
+    original = as_2d(weight.detach()).to(dtype)
+    channel_like = grid.spec.scaling.granularity != "block"
+    if not (config.static_groups or channel_like):
+        grid.fixed[:] = False  # block scales are fixed when GPTQ reaches the block (from corrected weights)
+    elif config.scale_search:
+        importance = diag_h[inv_perm].expand(rows, cols)
+        mult = search_multipliers(grid, original, importance, 0.5, 1.0, config.search_grid)
+        grid.fit(original, 0, mult)
+
+    codes = torch.empty(rows, cols, dtype=torch.int64)
+    loss = torch.zeros((), dtype=dtype)
+    for i1 in range(0, cols, config.block_size):
+        i2 = min(i1 + config.block_size, cols)
+        block = w[:, i1:i2].clone()
+        errors = torch.zeros_like(block)
+        u_block = upper[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = int(perm[i1 + i])
+            g = grid.group_of(col)
+            if not bool(grid.fixed[g]):
+                _fix_group(grid, g, w, block, errors, upper, inv_perm, i1, i, diag_h, config)
+            s, o = grid.column_scale(col)
+            x = block[:, i]
+            code, q = grid.round(_outlier_input(grid, x, col), s.to(dtype), None if o is None else o.to(dtype))
+            if grid.outlier_mask is not None:
+                m = grid.outlier_mask[:, col]
+                q = torch.where(m, grid.outlier_values[:, col], q)  # type: ignore[index]
+            codes[:, col] = code.to(torch.int64)
+            d = u_block[i, i]
+            err = (x - q) / d
+            loss += (x - q).square().sum() / (2 * d * d)
+            block[:, i:].addr_(err, u_block[i, i:], alpha=-1.0)
+            errors[:, i] = err
+        if i2 < cols:
+            w[:, i2:].addmm_(errors, upper[i1:i2, i2:], alpha=-1.0)
+    return GPTQResult(grid.assemble(codes), float(loss), level, int(dead.sum()))
+
+
+def _outlier_input(grid: GroupGrid, x: torch.Tensor, col: int) -> torch.Tensor:
+    """Outlier positions are stored exactly; their code is that of 0, as in formats.quantize."""
+    if grid.outlier_mask is None:
+        return x
+    return x.masked_fill(grid.outlier_mask[:, col], 0.0)
+
+
+def _fix_group(
+    grid: GroupGrid,
+    g: int,
+    w: torch.Tensor,
+    block: torch.Tensor,
+    errors: torch.Tensor,
+    upper: torch.Tensor,
+    inv_perm: torch.Tensor,
+    i1: int,
+    i: int,
+    diag_h: torch.Tensor,
+    config: GPTQConfig,
+) -> None:
+    """Fix group column g's scales from the current (error-corrected) values of its columns.
+
+    None of its columns is rounded yet. Those inside the lazy block are up to date in `block`; those after it
+    still lack this block's first i corrections, which are applied here on the fly.
+    """
+    cols = torch.arange(grid.cols)[grid.group_cols(g)]
+    pos = inv_perm[cols]
+    i2 = i1 + block.shape[1]
+    current = torch.empty(grid.rows, cols.numel(), dtype=w.dtype)
+    inside = pos < i2
+    current[:, inside] = block[:, pos[inside] - i1]
+    later = pos[~inside]
+    if later.numel():
+        pending = errors[:, :i] @ upper[i1 : i1 + i, later] if i else 0.0
+        current[:, ~inside] = w[:, later] - pending
+    mult: torch.Tensor | float = 1.0
+    if config.scale_search:
+        mult = _search_one_group(grid, g, current, diag_h[pos], config.search_grid)
+    grid.fit(current, g, mult)
+
+
+def _search_one_group(grid: GroupGrid, g: int, x: torch.Tensor, importance: torch.Tensor, points: int) -> torch.Tensor:
+    """search_multipliers restricted to one group column, on a small grid view of it."""
+    sub = GroupGrid(
+        spec=grid.spec, book=grid.book, shape=tuple(x.shape), dtype=x.dtype, rows=grid.rows, cols=x.shape[1],
+        table=grid.table, tensor_scale=grid.tensor_scale, scales=grid.scales[:, g : g + 1].clone(),
+        scale_codes=grid.scale_codes[:, g : g + 1].copy(),
+        offsets=None if grid.offsets is None else grid.offsets[:, g : g + 1].clone(),
+        offset_codes=None if grid.offset_codes is None else grid.offset_codes[:, g : g + 1].copy(),
+        fixed=torch.ones(1, dtype=torch.bool), outlier_index=grid.outlier_index, outlier_codes=grid.outlier_codes,
+        outlier_mask=None if grid.outlier_mask is None else grid.outlier_mask[:, grid.group_cols(g)],
+        outlier_values=None if grid.outlier_values is None else grid.outlier_values[:, grid.group_cols(g)],
+    )  # fmt: skip
+    return search_multipliers(sub, x, importance.expand_as(x), 0.5, 1.0, points)
