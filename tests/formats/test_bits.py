@@ -47,8 +47,8 @@ def test_ragged_blocks_store_one_scale_per_partial_block_and_no_padding_codes():
 
 def test_lloyd_max_table_is_counted():
     q = quantize(W, "lloydmax:3/tensor:rms:bf16")
-    assert q.bit_breakdown()["table"] == 8 * 32
-    assert q.bits() == W.numel() * 3 + 16 + 8 * 32
+    assert q.bit_breakdown()["table"] == 32 + 8 * 32  # entry count + 8 fp32 levels
+    assert q.bits() == W.numel() * 3 + 16 + 32 + 8 * 32
 
 
 @pytest.mark.parametrize(
@@ -90,5 +90,6 @@ def test_total_bits_is_sum_of_fields():
         "tensor_scale": 0,
         "table": 0,
         "outliers": k * 48,
+        "alignment": 0,
     }
     assert q.bits() == sum(parts.values())

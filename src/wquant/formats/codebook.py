@@ -14,7 +14,6 @@ import torch
 
 from wquant.errors import SpecError
 
-
 _FINE_CELLS = 4096  # cells of the look-up grid used to encode onto non-uniform codebooks
 _UNRESOLVED = 255  # marks a look-up cell that a decision boundary touches
 _CHUNK = 1 << 18  # elements per pass of a table look-up: index temporaries then fit in cache (2× faster)
@@ -27,14 +26,12 @@ class Codebook:
     step: spacing when the levels form an arithmetic progression and rounding is to the nearest level
     (enables arithmetic rounding instead of a search).
     rms_target: where unit-RMS data should sit in grid units when a tensor is scaled by its RMS.
-    table_bits: bits of a stored code table (data-fitted grids); 0 for fixed grids.
     """
 
     levels: np.ndarray
     boundaries: np.ndarray
     step: float | None = None
     rms_target: float = 1.0
-    table_bits: int = 0
 
     @staticmethod
     def from_levels(
@@ -42,7 +39,6 @@ class Codebook:
         *,
         boundaries: np.ndarray | None = None,
         rms_target: float | None = None,
-        table_bits: int = 0,
     ) -> Codebook:
         lv = np.asarray(levels, dtype=np.float64).reshape(-1)
         if lv.size < 2:
@@ -56,7 +52,7 @@ class Codebook:
         bnd = (lv[1:] + lv[:-1]) / 2 if boundaries is None else np.asarray(boundaries, dtype=np.float64)
         hi = float(max(-lv[0], lv[-1]))
         target = hi / math.sqrt(3.0) if rms_target is None else rms_target
-        return Codebook(lv, bnd, step, target, table_bits)
+        return Codebook(lv, bnd, step, target)
 
     @property
     def size(self) -> int:

@@ -17,6 +17,7 @@ from scipy import stats
 from wquant.errors import SpecError
 from wquant.formats.codebook import Codebook
 from wquant.formats.floats import FloatFormat
+from wquant.formats.lloyd_max import lloyd_max_levels
 from wquant.validation import check_int_range
 
 EULER_GAMMA = 0.5772156649015329
@@ -261,11 +262,10 @@ class CubeRootGrid:
 
 @dataclass(frozen=True)
 class LloydMaxGrid:
-    """Lloyd–Max grid fitted to the (scaled) tensor itself; its table is stored with the codes (fp32)."""
+    """Lloyd–Max grid fitted to the (scaled) tensor itself; its fp32 table is stored with the codes."""
 
     bits: int
     data_dependent: ClassVar[bool] = True
-    table_entry_bits: ClassVar[int] = 32
 
     def __post_init__(self) -> None:
         _check_bits(self.bits)
@@ -280,7 +280,75 @@ class LloydMaxGrid:
         """The nominal range before fitting: data scaled to [-1, 1] (absmax) or to unit RMS."""
         return Codebook.from_levels(np.linspace(-1, 1, 2**self.bits), rms_target=1.0)
 
+    def fit(self, values: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+        """The stored table (fp32 levels) for scaled data `values`."""
+        return lloyd_max_levels(values, 2**self.bits, weights).astype(np.float32)
 
-ElementGrid = IntGrid | FloatGrid | TableGrid | PowerGrid | CubeRootGrid | LloydMaxGrid
+    def codebook_from_table(self, table: np.ndarray) -> Codebook:
+        return Codebook.from_levels(np.asarray(table, dtype=np.float64), rms_target=1.0)
+
+
+@dataclass(frozen=True)
+class UniformGrid:
+    """Unbounded uniform grid k·step (k ∈ ℤ) on scaled data: the entropy-coded scalar quantizer (ECSQ).
+
+    The levels actually used, k = -K…K, come from the data; the table stores their reconstruction values:
+    cell centroids (reconstruction="centroid", the MSE-optimal choice at low rate) or the grid points
+    themselves ("mid"). `target_bits` asks `quantize` to choose the step that meets a bits/param budget.
+    """
+
+    step: float | None = None
+    reconstruction: Literal["centroid", "mid"] = "centroid"
+    target_bits: float | None = None
+    data_dependent: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if (self.step is None) == (self.target_bits is None):
+            raise SpecError("a uniform grid takes either a step (uniform0.25) or a budget (uniform@3.5)")
+        if self.step is not None and not (isinstance(self.step, int | float) and 1e-6 <= self.step <= 1e3):
+            raise SpecError(f"uniform grid step must be in [1e-6, 1e3], got {self.step!r}")
+        if self.target_bits is not None and not (0 < self.target_bits <= 16):
+            raise SpecError(f"uniform grid budget must be in (0, 16] bits/param, got {self.target_bits!r}")
+        if self.reconstruction not in ("centroid", "mid"):
+            raise SpecError(f"reconstruction {self.reconstruction!r} unknown; valid: centroid, mid")
+
+    @property
+    def token(self) -> str:
+        head = f"uniform@{_fmt_number(self.target_bits)}" if self.step is None else f"uniform{_fmt_number(self.step)}"
+        return head + ("" if self.reconstruction == "centroid" else ":mid")
+
+    def codebook(self, rule: str = "absmax", block_size: int | None = None) -> Codebook:
+        """The nominal range before fitting: [-1, 1] after absmax, unit RMS after rms scaling."""
+        return Codebook.from_levels(np.array([-1.0, 0.0, 1.0]), rms_target=1.0)
+
+    def _half_width(self, values: np.ndarray) -> int:
+        assert self.step is not None, "resolve the budget to a step first"
+        peak = float(np.max(np.abs(values))) if values.size else 0.0
+        return max(1, math.ceil(peak / self.step - 0.5))
+
+    def fit(self, values: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+        assert self.step is not None, "resolve the budget to a step first"
+        half = self._half_width(values)
+        if half > 2**20:
+            raise SpecError(f"step {self.step} needs {2 * half + 1} levels for this tensor; use a larger step")
+        points = self.step * np.arange(-half, half + 1, dtype=np.float64)
+        if self.reconstruction == "mid":
+            return points.astype(np.float32)
+        cells = np.clip(np.round(values / self.step).astype(np.int64) + half, 0, 2 * half)
+        w = np.ones_like(values) if weights is None else weights
+        mass = np.bincount(cells, weights=w, minlength=2 * half + 1)
+        total = np.bincount(cells, weights=w * values, minlength=2 * half + 1)
+        centroids = np.where(mass > 0, total / np.where(mass > 0, mass, 1.0), points)
+        return centroids.astype(np.float32)
+
+    def codebook_from_table(self, table: np.ndarray) -> Codebook:
+        """Decision thresholds stay on the uniform grid; the table only says what each cell decodes to."""
+        assert self.step is not None, "resolve the budget to a step first"
+        half = (np.asarray(table).size - 1) // 2
+        bounds = self.step * (np.arange(-half, half, dtype=np.float64) + 0.5)
+        return Codebook.from_levels(np.asarray(table, dtype=np.float64), boundaries=bounds, rms_target=1.0)
+
+
+ElementGrid = IntGrid | FloatGrid | TableGrid | PowerGrid | CubeRootGrid | LloydMaxGrid | UniformGrid
 
 NAMED_TABLES = {"nf4": NF4_LEVELS, "af4": AF4_LEVELS}

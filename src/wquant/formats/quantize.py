@@ -15,7 +15,8 @@ import torch
 from wquant.errors import CorruptDataError, TensorError
 from wquant.formats.bitpack import BitReader, BitWriter
 from wquant.formats.codebook import Codebook
-from wquant.formats.lloyd_max import lloyd_max_levels
+from wquant.formats.coding import decode_codes, encode_codes
+from wquant.formats.grids import UniformGrid
 from wquant.formats.scaling import Scaling
 from wquant.formats.spec import OUTLIER_INDEX_BITS, FormatSpec, parse_spec
 from wquant.validation import NanPolicy, check_tensor
@@ -23,6 +24,8 @@ from wquant.validation import NanPolicy, check_tensor
 #: Scale multipliers tried by +search: 17 log-spaced values in [1/4, 4], then a finer pass around the best.
 SEARCH_COARSE = 2.0 ** np.linspace(-2, 2, 17)
 SEARCH_FINE_POINTS = 9
+TABLE_COUNT_BITS = 32  # a fitted grid's table is stored with its entry count
+MAX_TABLE_SIZE = 2**21 + 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,6 +42,7 @@ class QuantizedTensor:
     table: np.ndarray | None  # fitted levels (float32) of data-dependent grids
     outlier_index: np.ndarray  # flat indices (int64), ascending
     outlier_codes: np.ndarray  # stored outlier value patterns
+    payload: bytes | None = None  # the entropy-coded codes (spec.coding), a self-checking container
 
     @property
     def numel(self) -> int:
@@ -54,19 +58,22 @@ class QuantizedTensor:
         return fmt.decode(self.scale_codes.reshape(-1), self.tensor_scale).reshape(rows, groups)
 
     def bit_breakdown(self) -> dict[str, int]:
-        """Exact stored bits per field."""
+        """Exact stored bits per field (coded codes: the container's real length, plus byte alignment)."""
         sc = self.spec.scaling
         n_groups = int(self.scale_codes.size)
         out = {
-            "codes": self.numel * self.codebook().code_bits,
+            "codes": self.numel * self.codebook().code_bits if self.payload is None else 8 * len(self.payload),
             "scales": n_groups * sc.scale_format.bits,
             "offsets": 0 if self.offset_codes is None else n_groups * sc.scale_format.bits,
             "tensor_scale": sc.scale_format.tensor_scale_bits,
-            "table": 0 if self.table is None else self.table.size * 32,
+            "table": 0 if self.table is None else TABLE_COUNT_BITS + self.table.size * 32,
             "outliers": 0,
+            "alignment": 0,
         }
         if self.spec.outliers is not None:
             out["outliers"] = int(self.outlier_index.size) * self.spec.outliers.bits_each
+        if self.payload is not None:  # the coded container starts on a byte boundary
+            out["alignment"] = -(sum(out.values()) - out["codes"]) % 8
         return out
 
     def bits(self) -> int:
@@ -100,17 +107,22 @@ class QuantizedTensor:
         """All stored fields as one bit stream; its length is exactly ceil(bits()/8) bytes."""
         sc = self.spec.scaling
         writer = BitWriter()
-        writer.write(self.codes.to(torch.int64).numpy(), self.codebook().code_bits)
+        if self.table is not None:  # first: the code width of a fitted grid depends on its size
+            writer.write(np.array([self.table.size]), TABLE_COUNT_BITS)
+            writer.write(_f32_bits(self.table), 32)
+        if self.payload is None:
+            writer.write(self.codes.to(torch.int64).numpy(), self.codebook().code_bits)
         writer.write(self.scale_codes, sc.scale_format.bits)
         if self.offset_codes is not None:
             writer.write(self.offset_codes, sc.scale_format.bits)
         if self.tensor_scale is not None:
             writer.write(_f32_bits(np.array([self.tensor_scale])), 32)
-        if self.table is not None:
-            writer.write(_f32_bits(self.table), 32)
         if self.spec.outliers is not None:
             writer.write(self.outlier_codes, self.spec.outliers.value_format.bits)
             writer.write(self.outlier_index, OUTLIER_INDEX_BITS)
+        if self.payload is not None:
+            writer.write(np.zeros(-writer.bits % 8, dtype=np.int64), 1)
+            writer.write(np.frombuffer(self.payload, dtype=np.uint8), 8)
         data = writer.getvalue()
         if writer.bits != self.bits() or len(data) != -(-self.bits() // 8):
             raise AssertionError(f"bit accounting broken: counted {self.bits()}, wrote {writer.bits}")
@@ -125,25 +137,37 @@ class QuantizedTensor:
         sc = spec.scaling
         rows, groups = _group_layout(sc, shape)
         reader = BitReader(data)
-        table_size = 2**spec.element.bits if spec.element.data_dependent else 0
-        codes = reader.read(_codebook(spec, None).code_bits, numel)
+        table = None
+        if spec.element.data_dependent:
+            size = int(reader.read(TABLE_COUNT_BITS, 1)[0])
+            if not 2 <= size <= MAX_TABLE_SIZE:
+                raise CorruptDataError(f"stored code table claims {size} entries; the stream is damaged")
+            table = _f32_from_bits(reader.read(32, size))
+        book = _codebook(spec, table)
+        codes = reader.read(book.code_bits, numel) if spec.coding is None else None
         scale_codes = reader.read(sc.scale_format.bits, rows * groups)
         offset_codes = reader.read(sc.scale_format.bits, rows * groups) if sc.rule == "minmax" else None
         tensor_scale = float(_f32_from_bits(reader.read(32, 1))[0]) if sc.scale_format.tensor_scale_bits else None
-        table = _f32_from_bits(reader.read(32, table_size)) if table_size else None
         k = spec.outliers.count(numel) if spec.outliers is not None else 0
         outlier_codes = reader.read(spec.outliers.value_format.bits, k) if spec.outliers else np.zeros(0, np.int64)
         outlier_index = reader.read(OUTLIER_INDEX_BITS, k) if spec.outliers else np.zeros(0, np.int64)
-        if -(-reader.position // 8) != len(data):
+        payload = None
+        if spec.coding is not None:
+            start = -(-reader.position // 8)
+            payload = bytes(data[start:])
+            codes = decode_codes(payload).reshape(-1).astype(np.int64)
+            if codes.size != numel:
+                raise CorruptDataError(f"coded stream holds {codes.size} codes, the tensor has {numel}")
+        elif -(-reader.position // 8) != len(data):
             raise CorruptDataError(f"stream has {len(data)} bytes but the format needs {-(-reader.position // 8)}")
-        book = _codebook(spec, table)
-        if codes.size and int(codes.max()) >= book.size:
+        assert codes is not None
+        if codes.size and (int(codes.max()) >= book.size or int(codes.min()) < 0):
             raise CorruptDataError(f"element code {int(codes.max())} out of range for {book.size} levels")
         if outlier_index.size and int(outlier_index.max()) >= numel:
             raise CorruptDataError("outlier index points outside the tensor")
         return QuantizedTensor(
             spec, shape, dtype, torch.as_tensor(codes).to(book.code_dtype()), scale_codes, offset_codes,
-            tensor_scale, table, outlier_index, outlier_codes,
+            tensor_scale, table, outlier_index, outlier_codes, payload,
         )  # fmt: skip
 
 
@@ -155,9 +179,17 @@ def quantize(
     nan_policy: NanPolicy = "raise",
     name: str = "tensor",
 ) -> QuantizedTensor:
-    """Quantize `x` to `spec`. `weights` (same shape, ≥ 0) weight the squared error of +search and Lloyd–Max."""
+    """Quantize `x` to `spec`. `weights` (same shape, ≥ 0) weight the squared error of +search and fitted grids.
+
+    A budget spec (`uniform@3.5/...+coded`) is resolved by `quantize_to_budget`: the step is chosen so the
+    coded size meets the bits/param target, and the returned tensor's spec names that step.
+    """
     spec = parse_spec(spec)
     x = check_tensor(x, name, nan_policy=nan_policy)
+    if isinstance(spec.element, UniformGrid) and spec.element.target_bits is not None:
+        from wquant.formats.budget import quantize_to_budget
+
+        return quantize_to_budget(x, spec, weights=weights, name=name)
     work = x.detach().to(_compute_dtype(x.dtype)).reshape(_view_2d(tuple(x.shape)))
     w2d = None
     if weights is not None:
@@ -182,23 +214,28 @@ def quantize(
     book = _codebook(spec, None)
     table = None
     if spec.element.data_dependent:
+        # scales come from the grid's nominal range; the fitted table then adapts to the scaled data
         groups = _quantize_groups(blocks, pad, book, sc, 1.0)
         normalized = _normalize(blocks, groups).reshape(-1)
         keep = _valid_mask(blocks.shape, pad).reshape(-1)
         w = None if wblocks is None else wblocks.reshape(-1)[keep].double().numpy()
-        levels = lloyd_max_levels(normalized[keep].double().numpy(), 2**spec.element.bits, w)
-        table = levels.astype(np.float32)
-        book = _codebook(spec, table)
-    multiplier = _search_multiplier(blocks, pad, book, sc, wblocks) if sc.search else 1.0
-    groups = _quantize_groups(blocks, pad, book, sc, multiplier)
-    codes = book.encode(_normalize(blocks, groups))
+        table = spec.element.fit(normalized[keep].double().numpy(), w)
+        codes = _codebook(spec, table).encode(normalized.reshape(blocks.shape))
+    else:
+        multiplier = _search_multiplier(blocks, pad, book, sc, wblocks) if sc.search else 1.0
+        groups = _quantize_groups(blocks, pad, book, sc, multiplier)
+        codes = book.encode(_normalize(blocks, groups))
     rows, cols = work.shape
     codes = codes.reshape(blocks.shape[0], -1)
     if sc.granularity == "block":
         codes = codes.reshape(rows, -1)[:, :cols]
+    codes = codes.reshape(-1).contiguous()
+    payload = None
+    if spec.coding is not None:
+        payload = encode_codes(codes.numpy(), group_size=spec.coding.group_size)
     return QuantizedTensor(
-        spec, tuple(x.shape), x.dtype, codes.reshape(-1).contiguous(), groups.scale_codes,
-        groups.offset_codes, groups.tensor_scale, table, outlier_index, outlier_codes,
+        spec, tuple(x.shape), x.dtype, codes, groups.scale_codes,
+        groups.offset_codes, groups.tensor_scale, table, outlier_index, outlier_codes, payload,
     )  # fmt: skip
 
 
@@ -271,11 +308,9 @@ def _weight_blocks(w2d: torch.Tensor | None, sc: Scaling, pad: int, blocks: torc
 
 
 def _codebook(spec: FormatSpec, table: np.ndarray | None) -> Codebook:
-    if spec.element.data_dependent:
-        if table is None:
-            return spec.element.codebook(spec.scaling.rule, spec.scaling.block_size)
-        levels = np.asarray(table, dtype=np.float32).astype(np.float64)
-        return Codebook.from_levels(levels, rms_target=1.0, table_bits=32 * levels.size)
+    """The codebook of a spec; fitted grids use their stored table once there is one."""
+    if spec.element.data_dependent and table is not None:
+        return spec.element.codebook_from_table(table)
     return spec.element.codebook(spec.scaling.rule, spec.scaling.block_size)
 
 

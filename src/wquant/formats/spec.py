@@ -1,6 +1,6 @@
 """Format specs: one frozen dataclass per format, a spec string that round-trips, and a JSON form.
 
-Grammar: ELEMENT[/GRANULARITY[:RULE][:SCALE_FORMAT]][+search][+outliers<ratio>[:<value format>]]
+Grammar: ELEMENT[/GRANULARITY[:RULE][:SCALE_FORMAT]][+search][+outliers<ratio>[:<value format>]][+coded[:g<N>]]
 e.g. `int4:asym/block64:absmax:bf16`, `nf4/block64:absmax:fp32`, `e2m1/block32:absmax:e8m0`,
 `crd-t5:4/tensor:rms+outliers0.001`. A bare name is a preset (`mxfp4`, `nvfp4`, `nf4`, ...) or an element
 with the default scaling block64:absmax:bf16.
@@ -26,6 +26,7 @@ from wquant.formats.grids import (
     LloydMaxGrid,
     PowerGrid,
     TableGrid,
+    UniformGrid,
     _fmt_number,
     sf4_levels,
 )
@@ -63,6 +64,7 @@ ELEMENT_FORMS = (
     "crd-t<nu>:<b>[:asym]",
     "lloydmax:<b>",
     "pow<a>:<b>[:nearest]",
+    "uniform<step>[:mid] or uniform@<bits/param>[:mid] (with +coded)",
 )
 
 
@@ -93,16 +95,34 @@ class OutlierSpec:
 
 
 @dataclass(frozen=True)
+class CodingSpec:
+    """Entropy-code the element codes (ANS): one frequency model per tensor, or one per `group_size` codes."""
+
+    group_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.group_size is not None and not (isinstance(self.group_size, int) and self.group_size >= 1):
+            raise SpecError(f"coding group size must be a positive integer, got {self.group_size!r}")
+
+    @property
+    def token(self) -> str:
+        return "coded" if self.group_size is None else f"coded:g{self.group_size}"
+
+
+@dataclass(frozen=True)
 class FormatSpec:
-    """A complete weight format: element grid × scaling × optional sparse outliers."""
+    """A complete weight format: element grid × scaling × optional sparse outliers × optional entropy coding."""
 
     element: ElementGrid
     scaling: Scaling = Scaling()
     outliers: OutlierSpec | None = None
+    coding: CodingSpec | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.element, UniformGrid) and self.element.target_bits is not None and self.coding is None:
+            raise SpecError("a bits/param budget (uniform@B) needs entropy coding: add +coded")
         if self.scaling.search and self.element.data_dependent:
-            raise SpecError("+search has no effect on Lloyd–Max grids (their levels are fitted); drop it")
+            raise SpecError("+search has no effect on fitted grids (Lloyd–Max, uniform): their table adapts; drop it")
         if self.scaling.search and self.scaling.rule == "minmax":
             raise SpecError("+search is defined for absmax, signmax and rms scaling; minmax already fits the range")
 
@@ -115,6 +135,8 @@ class FormatSpec:
             out += "+search"
         if self.outliers is not None:
             out += "+" + self.outliers.token
+        if self.coding is not None:
+            out += "+" + self.coding.token
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +155,7 @@ class FormatSpec:
             "outliers": None
             if self.outliers is None
             else {"ratio": self.outliers.ratio, "value_format": self.outliers.value_format.name},
+            "coding": None if self.coding is None else {"group_size": self.coding.group_size},
         }
 
     def to_json(self) -> str:
@@ -143,7 +166,9 @@ class FormatSpec:
         try:
             element = dict(data["element"])
             kind = element.pop("kind")
-            kinds = {cls.__name__: cls for cls in (IntGrid, TableGrid, PowerGrid, CubeRootGrid, LloydMaxGrid)}
+            kinds = {
+                cls.__name__: cls for cls in (IntGrid, TableGrid, PowerGrid, CubeRootGrid, LloydMaxGrid, UniformGrid)
+            }
             if kind == "FloatGrid":
                 grid: ElementGrid = FloatGrid(float_format(element["name"]))
             elif kind in kinds:
@@ -158,9 +183,11 @@ class FormatSpec:
             )
             out = data.get("outliers")
             outliers = None if out is None else OutlierSpec(float(out["ratio"]), ScaleFormat(out["value_format"]))
+            coded = data.get("coding")
+            coding = None if coded is None else CodingSpec(coded["group_size"])
         except (KeyError, TypeError) as exc:
             raise SpecError(f"format JSON lacks or garbles a field ({exc}); see FormatSpec.to_dict") from None
-        return FormatSpec(grid, scaling, outliers)
+        return FormatSpec(grid, scaling, outliers, coding)
 
     @staticmethod
     def from_json(text: str) -> FormatSpec:
@@ -210,6 +237,14 @@ def parse_element(token: str) -> ElementGrid:
             return CubeRootGrid(family, bits, nu, symmetric, power)  # type: ignore[arg-type]
         if head == "lloydmax" and len(opts) == 1:
             return LloydMaxGrid(int(opts[0]))
+        if m := re.fullmatch(r"uniform(@?)(" + _NUM + ")", head):
+            if len(opts) > 1 or (opts and opts[0] != "mid"):
+                raise SpecError(f"uniform grid is written uniform<step>[:mid] or uniform@<bits>[:mid], got {token!r}")
+            value = float(m.group(2))
+            recon = "mid" if opts else "centroid"
+            if m.group(1):
+                return UniformGrid(target_bits=value, reconstruction=recon)
+            return UniformGrid(step=value, reconstruction=recon)
         if m := re.fullmatch(r"pow(" + _NUM + ")", head):
             if not opts or len(opts) > 2 or (len(opts) == 2 and opts[1] != "nearest"):
                 raise SpecError(f"power grid is written pow<a>:<bits>[:nearest], got {token!r}")
@@ -256,16 +291,20 @@ def parse_spec(text: str | FormatSpec) -> FormatSpec:
     if raw.lower() in PRESETS:
         raw = PRESETS[raw.lower()]
     main, *mods = raw.split("+")
-    search, outliers = False, None
+    search, outliers, coding = False, None, None
     for mod in mods:
         mod = mod.strip().lower()
         if mod == "search":
             search = True
+        elif m := re.fullmatch(r"coded(?::g(\d+))?", mod):
+            coding = CodingSpec(int(m.group(1)) if m.group(1) else None)
         elif m := re.fullmatch(r"outliers(" + _NUM + r")(?::(\w+))?", mod):
             outliers = OutlierSpec(float(m.group(1)), ScaleFormat(m.group(2) or "bf16"))
         else:
-            raise SpecError(f"modifier +{mod} unknown; valid: +search, +outliers<ratio>[:fp16|bf16|fp32]")
+            raise SpecError(
+                f"modifier +{mod} unknown; valid: +search, +outliers<ratio>[:fp16|bf16|fp32], +coded[:g<N>]"
+            )
     element_tok, _, scaling_tok = main.partition("/")
     element = parse_element(element_tok)
     scaling = parse_scaling(scaling_tok or DEFAULT_SCALING, search=search)
-    return FormatSpec(element, scaling, outliers)
+    return FormatSpec(element, scaling, outliers, coding)
