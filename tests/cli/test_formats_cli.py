@@ -48,3 +48,16 @@ def test_list_shows_presets_with_exact_bits():
     result = runner.invoke(app, ["formats", "list"])
     assert result.exit_code == 0
     assert "mxfp4" in result.output and "4.2500" in result.output
+
+
+def test_compare_plots_rate_distortion(tmp_path):
+    target = tmp_path / "rd.png"
+    result = runner.invoke(
+        app, ["formats", "compare", "-f", "uniform@2.5/tensor:rms+coded", "-f", "int3", "--plot", str(target), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.strip().splitlines() if line.startswith("{")]
+    coded = rows[0]
+    assert coded["spec"].startswith("uniform0.") and 2.5 * 0.995 <= coded["bits_per_param"] <= 2.5
+    assert abs(coded["gap_bits"] - 0.2546) < 0.05  # ECSQ sits ½·log2(πe/6) bits above the Gaussian R(D)
+    assert target.stat().st_size > 10_000 and target.read_bytes()[:4] == b"\x89PNG"

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from wquant.errors import WquantError
 from wquant.formats import PRESETS, quantize
-from wquant.formats.compare import compare_formats, load_tensor, sample_source, standard_formats
+from wquant.formats.compare import bound_samples, compare_formats, load_tensor, sample_source, standard_formats
 from wquant.formats.scaling import SCALE_RULES
 from wquant.formats.spec import ELEMENT_FORMS
 
@@ -59,12 +59,14 @@ def compare(
     n: Annotated[int, typer.Option(help="samples drawn for a distribution")] = 2**20,
     seed: Annotated[int, typer.Option(help="seed of the samples")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object per format")] = False,
+    plot: Annotated[str | None, typer.Option(help="also draw rate vs distortion with R(D) to this PNG/SVG")] = None,
 ) -> None:
     """Quantize one tensor with several formats: bits/param (all-in), relative MSE, SQNR, gap to R(D).
 
     Examples:
-      wquant formats compare --dist normal --bits 4
+      wquant formats compare --dist normal --bits 4 --plot rd.png
       wquant formats compare --dist t:5 -f nf4 -f mxfp4 -f "crd-t5:4/tensor:rms+outliers0.001"
+      wquant formats compare -f "uniform@3.5/tensor:rms+coded" -f int4-g128   # coded to a 3.5-bit budget
       wquant formats compare --dist model.safetensors:layers.0.mlp.weight --bits 3
     """
     try:
@@ -76,6 +78,11 @@ def compare(
         reports = compare_formats(x, specs, source)
     except WquantError as exc:
         raise fail(exc) from None
+    if plot:
+        from wquant.report.rate_distortion import plot_rate_distortion
+
+        samples = None if source == "normal" else bound_samples(x)
+        typer.echo(f"figure: {plot_rate_distortion(reports, plot, source=source, samples=samples)}", err=True)
     if as_json:
         for report in reports:
             typer.echo(json.dumps(dataclasses.asdict(report)))

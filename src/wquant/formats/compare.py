@@ -78,6 +78,7 @@ def standard_formats(bits: int) -> list[str]:
     """A representative set of formats at `bits` element bits (fixed tables added where they exist)."""
     check_int_range(bits, "bits", 2, 8)
     specs = [
+        f"uniform@{bits}/tensor:rms:bf16+coded",
         f"int{bits}/block64:absmax:bf16",
         f"int{bits}:unsigned/block64:minmax:bf16",
         f"int{bits}/channel:absmax:bf16+search",
@@ -90,6 +91,14 @@ def standard_formats(bits: int) -> list[str]:
         bits, []
     )
     return specs
+
+
+def bound_samples(x: torch.Tensor) -> np.ndarray:
+    """The values Blahut–Arimoto sees for the tensor's own bound: a seeded 2^16 subsample at unit mean square."""
+    flat = x.detach().reshape(-1).double().numpy()
+    if flat.size > BOUND_SAMPLE_CAP:
+        flat = flat[np.random.default_rng(0).choice(flat.size, BOUND_SAMPLE_CAP, replace=False)]
+    return flat / math.sqrt(float(np.mean(flat**2)))
 
 
 def compare_formats(x: torch.Tensor, specs: list[str | FormatSpec], source: str | None = None) -> list[FormatReport]:
@@ -105,15 +114,7 @@ def compare_formats(x: torch.Tensor, specs: list[str | FormatSpec], source: str 
     energy = float(x32.square().sum())
     if energy == 0:
         raise TensorError("the tensor is all zeros; its relative error is undefined")
-    mean_square = float(x32.square().mean())
-    bound_source: str | np.ndarray
-    if source == "normal":
-        bound_source = "normal"
-    else:
-        flat = x32.reshape(-1).double().numpy()
-        if flat.size > BOUND_SAMPLE_CAP:
-            flat = flat[np.random.default_rng(0).choice(flat.size, BOUND_SAMPLE_CAP, replace=False)]
-        bound_source = flat / math.sqrt(mean_square)
+    bound_source: str | np.ndarray = "normal" if source == "normal" else bound_samples(x32)
     reports = []
     for spec in specs:
         fmt = parse_spec(spec)
@@ -122,5 +123,5 @@ def compare_formats(x: torch.Tensor, specs: list[str | FormatSpec], source: str 
         bpp = q.bits_per_param()
         gap = gap_to_bound_bits(bpp, rel, bound_source) if rel > 0 else float("nan")
         sqnr = -10 * math.log10(rel) if rel > 0 else float("inf")
-        reports.append(FormatReport(fmt.to_string(), bpp, rel, sqnr, gap))
+        reports.append(FormatReport(q.spec.to_string(), bpp, rel, sqnr, gap))
     return reports

@@ -1,0 +1,1 @@
+"""Figures and reports: presentation on top of formats, theory, models and evaluation."""
