@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint bench clean venv
+.PHONY: demo test fuzz lint bench clean venv
 
 venv: $(STAMP)
 
@@ -21,6 +21,9 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest
+
+fuzz: venv
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests -k fuzz -p no:randomly
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
