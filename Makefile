@@ -23,7 +23,7 @@ test: venv
 	$(BIN)/python -m pytest
 
 fuzz: venv
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests -k fuzz -p no:randomly
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests -k fuzz
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
