@@ -1,0 +1,159 @@
+"""`wquant advise MODEL_DIR --budget 4.0 --calib FILE`: a Fisher-allocated format per tensor at a budget.
+
+Prints the plan (tensor, format, bits/param, closed-form bits, predicted ΔKL) and the all-in model
+bits/param it lands on; `--apply --out DIR` quantizes the model with it and saves it with the models package.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from wquant.errors import ParameterError, WquantError
+
+#: One command, written as the app's callback so that `root.add_typer(app, name="advise")` gives
+#: `wquant advise MODEL_DIR ...` (a group with a single sub-command would need `advise advise`).
+app = typer.Typer(
+    help="Fisher-based bit allocation: the format per tensor that meets a bits/param budget.",
+    invoke_without_command=True,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def _fail(exc: WquantError) -> typer.Exit:
+    """One red line on stderr and exit status 2 (bad input), like the other wquant commands."""
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    return typer.Exit(code=2)
+
+
+def _bits_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ParameterError(f"--bits {text!r} must be comma-separated numbers, e.g. 2,3,4,5,6,7,8") from None
+    if not values:
+        raise ParameterError("--bits is empty")
+    return values
+
+
+@app.callback()
+def advise_command(
+    model_dir: Annotated[str, typer.Argument(help="local Hugging Face model folder, or 'minilm'", show_default=False)],
+    budget: Annotated[float, typer.Option("--budget", "-b", help="all-in model bits/param (model_bits rule)")],
+    calib: Annotated[Path, typer.Option("--calib", help="calibration text (UTF-8); never the evaluation text")],
+    formats: Annotated[
+        list[str] | None,
+        typer.Option("--formats", "-f", help="candidate spec template, {b} expands over --bits (repeat)"),
+    ] = None,
+    bits: Annotated[str, typer.Option("--bits", help="bit widths substituted for {b}")] = "2,3,4,5,6,7,8",
+    mode: Annotated[
+        str, typer.Option(help="Fisher: auto, true, empirical (causal LMs), embedding (encoders)")
+    ] = "auto",
+    weighting: Annotated[str, typer.Option(help="predicted ΔKL: mean (½F̄‖δ‖²) or diag (½ΣFδ²)")] = "mean",
+    windows: Annotated[int, typer.Option(help="calibration windows (texts for encoders)")] = 64,
+    window: Annotated[int, typer.Option(help="tokens per calibration window")] = 128,
+    seed: Annotated[int, typer.Option(help="seed of sampled labels / random projections")] = 0,
+    fisher_dir: Annotated[
+        Path | None, typer.Option("--fisher-dir", help="reuse the Fisher saved here, or save it here")
+    ] = None,
+    apply: Annotated[bool, typer.Option("--apply", help="quantize with the plan and save to --out")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="output folder for --apply")] = None,
+    plan_json: Annotated[Path | None, typer.Option("--plan-json", help="also write the plan as JSON")] = None,
+) -> None:
+    """Allocate formats to tensors by Fisher sensitivity so the model lands on BUDGET bits/param."""
+    try:
+        if apply and out is None:
+            raise ParameterError("--apply needs --out DIR")
+        _run(model_dir, budget, calib, formats, bits, mode, weighting, windows, window, seed, fisher_dir, apply,
+             out, plan_json)  # fmt: skip
+    except WquantError as exc:
+        raise _fail(exc) from None
+
+
+def _run(
+    model_dir: str,
+    budget: float,
+    calib: Path,
+    formats: list[str] | None,
+    bits: str,
+    mode: str,
+    weighting: str,
+    windows: int,
+    window: int,
+    seed: int,
+    fisher_dir: Path | None,
+    apply: bool,
+    out: Path | None,
+    plan_json: Path | None,
+) -> None:
+    from transformers.utils import logging
+
+    from wquant.allocation import (
+        DEFAULT_FORMATS,
+        AdviseConfig,
+        FisherConfig,
+        FisherEstimate,
+        allocate,
+        apply_plan,
+        estimate_fisher,
+        measure_candidates,
+    )
+    from wquant.allocation.fisher import FISHER_JSON
+    from wquant.evaluate import read_text
+    from wquant.models import load_pretrained, model_bits, save_quantized
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    config = AdviseConfig(
+        budget=budget,
+        formats=tuple(formats or DEFAULT_FORMATS),
+        bits=_bits_list(bits),
+        weighting=weighting,  # type: ignore[arg-type]
+        fisher=FisherConfig(mode=mode, seed=seed, window=window, max_windows=windows),  # type: ignore[arg-type]
+    )
+    loaded = load_pretrained(model_dir)
+    if fisher_dir is not None and (fisher_dir / FISHER_JSON).is_file():
+        fisher = FisherEstimate.load(fisher_dir)
+    else:
+        fisher = estimate_fisher(loaded.model, loaded.tokenizer, read_text(calib), loaded.task, config.fisher)
+        if fisher_dir is not None:
+            fisher.save(fisher_dir)
+    table = measure_candidates(loaded.model, fisher, config.formats, config.bits, targets=config.fisher.targets)
+    plan = allocate(table, config.budget, config.weighting)
+    _print_plan(plan)
+    if plan_json is not None:
+        plan_json.write_text(plan.to_json(), encoding="utf-8")
+    if apply:
+        assert out is not None
+        apply_plan(loaded.model, plan)
+        save_quantized(loaded.model, out, tokenizer=loaded.tokenizer)
+        console.print(f"saved to {escape(str(out))}: {model_bits(loaded.model).bits_per_param:.4f} bits/param all-in")
+
+
+def _print_plan(plan: object) -> None:
+    from wquant.allocation import Plan
+
+    assert isinstance(plan, Plan)
+    table = Table(title=f"Fisher allocation at {plan.budget:g} bits/param ({plan.mode} Fisher)")
+    for column, justify in (("tensor", "left"), ("format", "left"), ("bits/param", "right"),
+                            ("closed form", "right"), ("predicted ΔKL", "right")):  # fmt: skip
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for t in plan.tensors:
+        table.add_row(
+            escape(t.name), escape(t.spec), f"{t.bits_per_param:.4f}", f"{t.continuous_bits:.2f}",
+            f"{t.predicted_kl:.3e}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"all-in {plan.bits_per_param:.5f} bits/param (budget {plan.budget:g}, "
+        f"{plan.budget * plan.params - plan.total_bits:.0f} bits left), predicted ΔKL {plan.predicted_kl:.4e}"
+    )
