@@ -155,3 +155,36 @@ def test_save_overwrites_atomically_and_leaves_no_temp_files(bert, tmp_path) -> 
     save_quantized(bert, tmp_path)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     load_quantized(tmp_path)
+
+
+def test_round_trip_with_tensors_computed_at_init(tmp_path) -> None:
+    """Dynamic RoPE keeps a plain tensor attribute from __init__; long inputs make the model use it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=96, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=64, rope_scaling={"rope_type": "dynamic", "factor": 2.0},
+    )  # fmt: skip
+    model = quantize_model(LlamaForCausalLM(config).eval(), QuantizeConfig())
+    ids = torch.randint(0, 96, (1, 100), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        before = model(input_ids=ids).logits
+        save_quantized(model, tmp_path)
+        after = load_quantized(tmp_path)(input_ids=ids).logits
+    assert torch.equal(before, after)
+
+
+def test_cpu_build_fallback_gives_the_same_model(bert, tmp_path, monkeypatch) -> None:
+    import wquant.models.checkpoint as checkpoint
+
+    quantize_model(bert, MIXED)
+    save_quantized(bert, tmp_path)
+    calls = []
+    monkeypatch.setattr(checkpoint, "_has_stray_meta_tensors", lambda net: not calls.append(net))
+    loaded = load_quantized(tmp_path)
+    assert len(calls) == 1 and loaded is not calls[0]
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    ids = _ids(bert.config.vocab_size)
+    with torch.inference_mode():
+        assert torch.equal(loaded(input_ids=ids)[0], bert(input_ids=ids)[0])

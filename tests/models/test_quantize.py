@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from wquant.errors import ParameterError, SpecError, TensorError
+from wquant.errors import ParameterError, SpecError, TensorError, WquantError
 from wquant.formats import quantize
 from wquant.models import (
     QuantizeConfig,
@@ -112,6 +112,9 @@ def test_errors_name_the_tensor() -> None:
         model[0].weight[0, 0] = float("nan")
     with pytest.raises(TensorError, match=r"0\.weight"):
         quantize_model(model, QuantizeConfig())
+    tiny = nn.Sequential(nn.Linear(4, 2))  # 8 weights cannot fit a 256-level fitted table
+    with pytest.raises(WquantError, match=r"0\.weight.*shape \(2, 4\)"):
+        quantize_model(tiny, QuantizeConfig("lloydmax:8/tensor:rms"))
     with pytest.raises(SpecError, match="override"):
         QuantizeConfig(overrides=(("*", "int4/bogus"),))
     with pytest.raises(ParameterError, match="targets"):

@@ -245,7 +245,7 @@ def _load_bytes(body: dict[str, Any]) -> int:
     return stored + max(dequantized, default=0)
 
 
-def _skeleton(body: dict[str, Any]) -> nn.Module:
+def _skeleton(body: dict[str, Any], device: str = "meta") -> nn.Module:
     """An empty model of the saved architecture, built from its config by a transformers class (no code)."""
     config = body.get("base_config")
     if not config:
@@ -266,7 +266,7 @@ def _skeleton(body: dict[str, Any]) -> nn.Module:
     if not (isinstance(cls, type) and issubclass(cls, PreTrainedModel)):
         raise ParameterError(f"architecture {arch!r} is not a transformers model class; pass model=...")
     cfg = CONFIG_MAPPING[model_type].from_dict({k: v for k, v in config.items() if k != "dtype"})
-    with torch.device("meta"):
+    with torch.device(device):
         return cls(cfg)
 
 
@@ -282,7 +282,23 @@ def load_quantized(
     body = read_manifest(folder)
     check_fits_in_memory(_load_bytes(body), str(folder), available_bytes=available_bytes)
     tensors = _load_tensors(folder, body)
-    net = model if model is not None else _skeleton(body)
+    if model is not None:
+        return _fill(model, body, tensors, folder)
+    net = _fill(_skeleton(body), body, dict(tensors), folder)  # meta: no memory or init time spent
+    if _has_stray_meta_tensors(net):  # a plain tensor attribute computed at init; build for real instead
+        net = _fill(_skeleton(body, "cpu"), body, tensors, folder)
+    return net
+
+
+def _has_stray_meta_tensors(net: nn.Module) -> bool:
+    return any(
+        isinstance(value, torch.Tensor) and value.is_meta for module in net.modules() for value in vars(module).values()
+    )
+
+
+def _fill(net: nn.Module, body: dict[str, Any], tensors: dict[str, torch.Tensor], folder: Path) -> nn.Module:
+    """Swap in the quantized modules and place every stored tensor into `net`."""
+    tensors = dict(tensors)
     try:
         holders: dict[str, QuantizedWeight] = {}
         for key, info in body["quantized"].items():
