@@ -24,8 +24,8 @@ def char_tok():  # noqa: ANN201 - a transformers tokenizer
     return char_tokenizer(TEXT)
 
 
-@pytest.fixture()
-def tiny_llama(char_tok):  # noqa: ANN001, ANN201
+def make_llama(char_tok):  # noqa: ANN001, ANN201
+    """A fresh 2-layer char Llama; seeded, so every call gives the same weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -35,6 +35,11 @@ def tiny_llama(char_tok):  # noqa: ANN001, ANN201
         bos_token_id=None, eos_token_id=char_tok.eos_token_id, pad_token_id=char_tok.pad_token_id,
     )  # fmt: skip
     return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture()
+def tiny_llama(char_tok):  # noqa: ANN001, ANN201
+    return make_llama(char_tok)
 
 
 @pytest.fixture()

@@ -17,11 +17,10 @@ from rich.table import Table
 
 from wquant.errors import ParameterError, WquantError
 
-#: One command, written as the app's callback so that `root.add_typer(app, name="advise")` gives
-#: `wquant advise MODEL_DIR ...` (a group with a single sub-command would need `advise advise`).
+#: Mount without a name, `root.add_typer(app)`, as the models commands are: that merges the `advise` command
+#: into the root (`wquant advise MODEL_DIR ...`); with name="advise" typer would need `wquant advise advise`.
 app = typer.Typer(
     help="Fisher-based bit allocation: the format per tensor that meets a bits/param budget.",
-    invoke_without_command=True,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -45,7 +44,7 @@ def _bits_list(text: str) -> tuple[float, ...]:
     return values
 
 
-@app.callback()
+@app.command("advise")
 def advise_command(
     model_dir: Annotated[str, typer.Argument(help="local Hugging Face model folder, or 'minilm'", show_default=False)],
     budget: Annotated[float, typer.Option("--budget", "-b", help="all-in model bits/param (model_bits rule)")],
