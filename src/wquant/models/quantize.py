@@ -172,6 +172,8 @@ def quantize_model(model: nn.Module, config: QuantizeConfig | None = None) -> nn
             raise TensorError(f"{name} is tied between Conv1D and Linear/Embedding layouts; exclude it")
         plans.append((name, sites, chosen[0][1]))
 
+    if any(site.module is model for _, sites, _ in plans for site in sites):
+        raise ParameterError("quantize_model replaces submodules; wrap a bare layer in nn.Sequential first")
     for name, sites, spec in plans:
         first = sites[0]
         weight = first.module.weight.detach()
@@ -189,8 +191,6 @@ def quantize_model(model: nn.Module, config: QuantizeConfig | None = None) -> nn
             if id(site.module) not in replacements:
                 replacements[id(site.module)] = _replacement(site, holder)
 
-    if id(model) in replacements:
-        raise ParameterError("quantize_model replaces submodules; wrap a bare layer in nn.Sequential first")
     for path, module in list(model.named_modules(remove_duplicate=False)):
         if id(module) in replacements:
             set_submodule(model, path, replacements[id(module)])
