@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from wquant.io import write_atomic
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
@@ -44,7 +45,4 @@ def replace_section(title: str, body: str, path: Path = BENCHMARKS_MD) -> None:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         tail = "\n".join(lines[end:])
         new = "\n".join(lines[:start]) + "\n" + section + ("\n" + tail if tail else "")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".BENCHMARKS.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(new.rstrip("\n") + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, new.rstrip("\n") + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from wquant.cli import formats as formats_cli
+from wquant.cli import study as study_cli
 from wquant.cli import theory as theory_cli
 
 app = typer.Typer(
@@ -15,6 +16,7 @@ app = typer.Typer(
 )
 app.add_typer(formats_cli.app, name="formats")
 app.add_typer(theory_cli.app, name="theory")
+app.command("study")(study_cli.study)
 
 
 if __name__ == "__main__":  # pragma: no cover

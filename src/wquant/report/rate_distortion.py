@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from wquant.formats.compare import FormatReport
+from wquant.io import atomic_write
 from wquant.limits import empirical_rate_distortion_curve, gaussian_distortion_rate
 
 ECSQ_GAP = np.pi * np.e / 6  # entropy-coded uniform quantizer: 1.53 dB above D(R) at high rate
@@ -51,14 +50,7 @@ def plot_rate_distortion(
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=6, loc="upper right", ncol=1)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
-    os.close(fd)
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path

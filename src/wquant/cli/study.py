@@ -1,0 +1,40 @@
+"""`wquant study`: the main job — from a model folder to a report."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from wquant.cli.formats import fail
+from wquant.errors import WquantError
+
+app = typer.Typer(help="Study a model end to end and write a report.", no_args_is_help=False)
+
+
+@app.command()
+def study(
+    model: Annotated[str, typer.Argument(help="local Hugging Face model folder, or 'minilm' (embedded)")] = "minilm",
+    out: Annotated[str, typer.Option(help="output folder (report.html, results.csv, stages/)")] = "wquant-study",
+    budget: Annotated[float, typer.Option(help="bits/param, all-in, model-level")] = 4.0,
+    text: Annotated[str | None, typer.Option(help="evaluation text file (default: built-in sentences)")] = None,
+    max_texts: Annotated[int, typer.Option(help="texts evaluated")] = 200,
+    seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
+    force: Annotated[bool, typer.Option(help="replace an existing report (finished stages are reused)")] = False,
+) -> None:
+    """Profile every weight, compare formats against R(D), run the theory, quantize at the budget, evaluate.
+
+    Examples:
+      wquant study --out study-minilm
+      wquant study ~/models/my-llm --budget 3.5 --text ../shared/data/wikitext-2-raw-test.txt --out study-llm
+    """
+    from wquant.study.pipeline import StudyConfig, run_study
+
+    try:
+        result = run_study(StudyConfig(model, budget, text, max_texts, seed), out, force=force)
+    except WquantError as exc:
+        raise fail(exc) from None
+    for run in result.stages:
+        typer.echo(f"{run.name:>9}: {'cached' if run.cached else f'{run.seconds:.1f} s'}")
+    typer.echo(f"report: {result.report}")
+    typer.echo(f"table:  {result.table}")
