@@ -6,6 +6,7 @@ import typer
 
 from wquant.cli import formats as formats_cli
 from wquant.cli import study as study_cli
+from wquant.cli import sweep as sweep_cli
 from wquant.cli import theory as theory_cli
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
 app.add_typer(formats_cli.app, name="formats")
 app.add_typer(theory_cli.app, name="theory")
 app.command("study")(study_cli.study)
+app.command("sweep")(sweep_cli.sweep)
 
 
 if __name__ == "__main__":  # pragma: no cover
