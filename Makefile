@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 demo: venv
-	$(BIN)/wquant formats compare --dist normal
+	$(BIN)/wquant study minilm --budget 4.0 --out demo-study --force
 
 test: venv
 	$(BIN)/python -m pytest
