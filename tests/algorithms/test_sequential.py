@@ -1,0 +1,153 @@
+"""The layer-by-layer model walk: tiny in-memory BERT (no files), bad inputs, and MiniLM end to end."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from wquant.algorithms import (
+    GPTQConfig,
+    NUPESConfig,
+    RTNConfig,
+    algorithm_config,
+    calibration_windows,
+    quantize_model_with,
+    sentence_batches,
+)
+from wquant.errors import ParameterError, TensorError
+from wquant.models import QuantizedLinear, model_bits
+
+DATA = Path("/work/shared/data")
+CALIB, EVAL = DATA / "wikitext-2-tokens-valid.txt", DATA / "wikitext-2-raw-test.txt"
+
+
+def _tiny_bert() -> nn.Module:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=80, max_position_embeddings=64)  # fmt: skip
+    return BertModel(config).eval()
+
+
+def _batches(n: int = 4, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, 120, (4, 16), generator=gen)
+        mask = torch.ones_like(ids)
+        mask[0, 10:] = 0  # some padding: it must not enter the statistics
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+def _hidden(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(**b).last_hidden_state for b in batches])
+
+
+def test_walk_visits_every_linear_in_order_and_shares_qkv_hessians() -> None:
+    model = _tiny_bert()
+    reports = quantize_model_with(model, GPTQConfig("int4/block16:absmax:bf16"), _batches())
+    names = [r.name for r in reports]
+    linears = [n for n, m in _tiny_bert().named_modules() if isinstance(m, nn.Linear)]
+    assert sorted(names) == sorted(linears)
+    assert names[:3] == [f"encoder.layer.0.attention.self.{p}" for p in ("query", "key", "value")]
+    assert all(isinstance(model.get_submodule(n), QuantizedLinear) for n in names[:-1] if "pooler" not in n)
+    layer0 = [r for r in reports if r.name.startswith("encoder.layer.0.attention.self")]
+    assert len({r.tokens for r in layer0}) == 1 and layer0[0].tokens == 4 * (4 * 16 - 6)  # padding dropped
+    assert all(r.output_error is not None and 0 < r.output_error < 0.1 for r in reports if r.tokens)
+    assert model_bits(model).bits_per_param < 32
+
+
+@pytest.mark.parametrize(
+    "config",
+    [GPTQConfig("nf4/block16:absmax:fp32"), NUPESConfig(bits=4, steps=5), RTNConfig("int4/block16", importance="hessian")],
+)
+def test_data_driven_walks_beat_rtn_on_the_tiny_model(config: object) -> None:
+    ref = _tiny_bert()
+    batches, held_out = _batches(6, seed=1), _batches(3, seed=2)
+    target = _hidden(ref, held_out)
+    rtn_model, ours = copy.deepcopy(ref), copy.deepcopy(ref)
+    quantize_model_with(rtn_model, RTNConfig("int4/block16", search=False), None)
+    quantize_model_with(ours, config, batches)  # type: ignore[arg-type]
+    e_rtn = float((_hidden(rtn_model, held_out) - target).square().mean())
+    e_ours = float((_hidden(ours, held_out) - target).square().mean())
+    assert e_ours < e_rtn
+
+
+def test_bad_inputs_fail_clearly() -> None:
+    model = _tiny_bert()
+    with pytest.raises(ParameterError, match="needs calibration"):
+        quantize_model_with(model, GPTQConfig(), None)
+    with pytest.raises(ParameterError, match="empty"):
+        quantize_model_with(model, GPTQConfig(), [])
+    with pytest.raises(ParameterError, match="no Linear"):
+        quantize_model_with(model, GPTQConfig(), _batches(), include=("nothing*",))
+    model.embeddings.word_embeddings.weight.data[5] = float("nan")
+    bad = [{"input_ids": torch.full((2, 8), 5), "attention_mask": torch.ones(2, 8, dtype=torch.long)}]
+    with pytest.raises(TensorError, match="NaN"):
+        quantize_model_with(model, GPTQConfig(), bad)
+    with pytest.raises(ParameterError, match="unknown"):
+        algorithm_config("awq")
+    assert isinstance(algorithm_config("rtn-search", "nf4"), RTNConfig)
+    assert isinstance(algorithm_config("nupes", bits=3), NUPESConfig)
+
+
+def test_calibration_windows_refuse_short_text_and_bad_counts() -> None:
+    from transformers import BertTokenizerFast  # noqa: F401  (a real tokenizer comes with MiniLM)
+
+    from wquant.models import load_tokenizer, resolve_model_dir
+
+    tok = load_tokenizer(resolve_model_dir("minilm"))
+    text = "the quick brown fox jumps over the lazy dog " * 20
+    wins = calibration_windows(tok, text, nsamples=5, seqlen=16, seed=3, batch_size=2)
+    assert [w.shape for w in wins] == [(2, 16), (2, 16), (1, 16)]
+    assert torch.equal(torch.cat(wins), torch.cat(calibration_windows(tok, text, nsamples=5, seqlen=16, seed=3)))
+    with pytest.raises(ParameterError, match="shorter than one window"):
+        calibration_windows(tok, "too short", nsamples=4, seqlen=64)
+    with pytest.raises(ParameterError, match="nsamples"):
+        calibration_windows(tok, text, nsamples=0, seqlen=8)
+
+
+def _minilm_case(ncal: int, neval: int, include: tuple[str, ...], configs: dict[str, object]) -> dict[str, float]:
+    if not (CALIB.exists() and EVAL.exists()):
+        pytest.skip("shared WikiText-2 data not present")
+    from wquant.evaluate import compare_encoders, read_paragraphs
+    from wquant.models import load_pretrained
+
+    loaded = load_pretrained("minilm")
+    paragraphs = read_paragraphs(CALIB, limit=400)
+    sentences = [s.strip() + " ." for p in paragraphs for s in p.split(" . ") if len(s) > 40][:ncal]
+    batches = sentence_batches(loaded.tokenizer, sentences, batch_size=32, max_length=64)
+    texts = read_paragraphs(EVAL, limit=neval)
+    out = {}
+    for name, config in configs.items():
+        model = copy.deepcopy(loaded.model)
+        quantize_model_with(model, config, batches, include=include)  # type: ignore[arg-type]
+        out[name] = compare_encoders(loaded.model, model, loaded.tokenizer, texts, max_length=128).mean_cosine
+    return out
+
+
+def test_minilm_first_block_gptq_and_nupes_beat_rtn() -> None:
+    fmt = "int3/block64:absmax:bf16"
+    cos = _minilm_case(160, 32, ("encoder.layer.0.*",), {  # tokens must outnumber the 1536 FFN inputs
+        "rtn": RTNConfig(fmt, search=False), "gptq": GPTQConfig(fmt),
+        "nupes": NUPESConfig(bits=3, scaling="block64:absmax:bf16", steps=5),
+    })  # fmt: skip
+    assert cos["gptq"] > cos["rtn"] and cos["nupes"] > cos["rtn"], cos
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [4, 3])
+def test_minilm_whole_model_gptq_and_nupes_beat_rtn(bits: int) -> None:
+    fmt = f"int{bits}/block64:absmax:bf16"
+    cos = _minilm_case(96, 64, ("*",), {
+        "rtn": RTNConfig(fmt, search=False), "gptq": GPTQConfig(fmt),
+        "nupes": NUPESConfig(bits=bits, scaling="block64:absmax:bf16", steps=10),
+    })  # fmt: skip
+    assert cos["gptq"] > cos["rtn"] and cos["nupes"] > cos["rtn"], cos
