@@ -18,7 +18,7 @@ import argparse
 import copy
 import os
 import platform
-import tempfile
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import TypeVar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from _common import replace_section  # noqa: E402
 from torch import nn  # noqa: E402
 
 from wquant.evaluate import (  # noqa: E402
@@ -217,23 +219,6 @@ def _table(rows: list[Row], metrics: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
-    """Replace (or append) the `## Models` section of BENCHMARKS.md, leaving other sections untouched."""
-    old = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
-    lines = old.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "\n".join([*lines[:start], *text.rstrip("\n").splitlines(), *([""] if end < len(lines) else []),
-                         *lines[end:]]).rstrip("\n") + "\n"  # fmt: skip
-    fd, tmp = tempfile.mkstemp(prefix=".BENCHMARKS.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(new)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paragraphs", type=int, default=1000, help="WikiText-2 paragraphs for MiniLM")
@@ -271,7 +256,7 @@ def main() -> None:
     text = "\n".join(parts) + "\n"
     print(text)
     if not args.no_write:
-        write_section(text)
+        replace_section(SECTION.removeprefix("## "), text.split("\n", 1)[1] if text.startswith(SECTION) else text)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def _umask() -> int:
+def file_mode() -> int:
+    """The permissions `open()` would give a new file under the current umask."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
@@ -26,7 +27,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

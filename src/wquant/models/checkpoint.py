@@ -29,6 +29,7 @@ from torch import nn
 import wquant
 from wquant.errors import CorruptDataError, ParameterError, WquantError
 from wquant.formats import QuantizedTensor, parse_spec
+from wquant.io import atomic_write, file_mode
 from wquant.models.bits import model_bits
 from wquant.models.hf import check_fits_in_memory
 from wquant.models.layers import QuantizedEmbedding, QuantizedLinear, QuantizedWeight, quantized_modules
@@ -67,32 +68,13 @@ def _canonical(body: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call write(tmp_path) then move the result onto `path` in one step."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _save_tokenizer(tokenizer: Any, out: Path) -> None:
     """Write the tokenizer's files beside the model, each moved into place atomically."""
     with tempfile.TemporaryDirectory(prefix=".tokenizer.", dir=out) as staging:
         tokenizer.save_pretrained(staging)
         for file in Path(staging).iterdir():
             if file.is_file():
-                os.chmod(file, 0o666 & ~_umask())
+                os.chmod(file, file_mode())
                 os.replace(file, out / file.name)
 
 
@@ -157,7 +139,7 @@ def save_quantized(model: nn.Module, out_dir: str | os.PathLike[str], *, tokeniz
         }
         for name, t in tensors.items()
     }
-    _atomic_write(out / TENSORS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write(out / TENSORS_FILE, lambda tmp: save_file(tensors, str(tmp)))
     report = model_bits(model)
     body = {
         "format": FORMAT_NAME,
@@ -177,7 +159,7 @@ def save_quantized(model: nn.Module, out_dir: str | os.PathLike[str], *, tokeniz
     if tokenizer is not None:
         _save_tokenizer(tokenizer, out)
     manifest = {"body": body, "sha256": _sha256(_canonical(body))}
-    _atomic_write(out / MANIFEST_FILE, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8"))
+    atomic_write(out / MANIFEST_FILE, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8"))
     return out
 
 
