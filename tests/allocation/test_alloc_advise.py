@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import TEXT, make_llama
+from alloc_helpers import TEXT, make_llama
 
 from wquant.allocation import (
     CausalProbe,

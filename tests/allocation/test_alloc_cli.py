@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from conftest import TEXT
+from alloc_helpers import TEXT
 from typer.testing import CliRunner
 
 from wquant.cli.advise import app

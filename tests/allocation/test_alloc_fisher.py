@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TEXT
+from alloc_helpers import TEXT
 from torch import nn
 
 from wquant.allocation import FisherConfig, FisherEstimate, accumulate_fisher, estimate_fisher, sampled_labels

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DATA
+from alloc_helpers import DATA
 
 from wquant.allocation import (
     CausalProbe,
