@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from torch import nn
 
 from wquant.errors import CorruptDataError, ParameterError
 from wquant.evaluate import MIN_PARAGRAPH_CHARS, is_heading, token_windows
+from wquant.io import atomic_write
 from wquant.models import mean_pooled, module_kind
 from wquant.validation import check_int_range
 
@@ -139,7 +139,7 @@ class FisherEstimate:
         out = Path(folder).expanduser()
         out.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.contiguous() for k, v in self.diagonal.items()}
-        _atomic(out / FISHER_FILE, lambda p: save_file(tensors, str(p)))
+        atomic_write(out / FISHER_FILE, lambda p: save_file(tensors, str(p)))
         meta = {
             "version": FISHER_VERSION,
             "mode": self.mode,
@@ -147,7 +147,7 @@ class FisherEstimate:
             "samples": self.samples,
             "tensors": [asdict(t) for t in self.tensors],
         }
-        _atomic(out / FISHER_JSON, lambda p: p.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
+        atomic_write(out / FISHER_JSON, lambda p: p.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
         return out
 
     @staticmethod
@@ -167,17 +167,6 @@ class FisherEstimate:
         if meta.get("version") != FISHER_VERSION or set(diagonal) != {t.name for t in tensors}:
             raise CorruptDataError(f"{src}: saved Fisher is from another version or its files disagree")
         return FisherEstimate(tensors, diagonal, str(meta["mode"]), int(meta["seed"]), int(meta["samples"]))
-
-
-def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def sampled_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
