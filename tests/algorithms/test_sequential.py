@@ -66,7 +66,11 @@ def test_walk_visits_every_linear_in_order_and_shares_qkv_hessians() -> None:
 
 @pytest.mark.parametrize(
     "config",
-    [GPTQConfig("nf4/block16:absmax:fp32"), NUPESConfig(bits=4, steps=5), RTNConfig("int4/block16", importance="hessian")],
+    [
+        GPTQConfig("nf4/block16:absmax:fp32"),
+        NUPESConfig(bits=4, steps=5),
+        RTNConfig("int4/block16", importance="hessian"),
+    ],
 )
 def test_data_driven_walks_beat_rtn_on_the_tiny_model(config: object) -> None:
     ref = _tiny_bert()
