@@ -138,9 +138,17 @@ def write_study_report(path: Path, config: Any, model: str, results: dict[str, A
             results["theory"]["optimal_width"], ["bits", "predicted", "measured_median", "measured_q25", "measured_q75"]
         ),
         f"<figure><img alt='optimal width' src='{figs['width']}'></figure>",
-        "<h2>4. Plan at the budget</h2>",
-        f"<p>{html.escape(plan['rule'])}: {plan['per_tensor_bits']} bits/param per quantized tensor.</p>",
-        _table(plan["tensors"], ["tensor", "spec"], left=["tensor", "spec"]),
+        "<h2>4. Plans at the budget</h2>",
+        f"<p>Fisher allocation (predicted ΔKL = ½ Σ F̄·‖δ‖², {html.escape(plan['fisher']['mode'])} Fisher): "
+        f"{plan['fisher']['bits_per_param']:.4f} bits/param all-in, predicted distortion "
+        f"{sum(t['predicted_kl'] for t in plan['fisher']['tensors']):.4g}.</p>",
+        _table(
+            plan["fisher"]["tensors"],
+            ["name", "spec", "continuous_bits", "fisher_mean", "rms", "predicted_kl"],
+            left=["name", "spec"],
+        ),  # fmt: skip
+        f"<p>{html.escape(plan['uniform']['rule'])}: {plan['uniform']['per_tensor_bits']} bits/param per tensor "
+        f"(<code>{html.escape(plan['uniform']['tensors'][0]['spec'])}</code>).</p>",
         "<h2>5. Evaluation</h2>",
         _table(evals, ["variant", *metric_cols], left=["variant"]),
         f"<p class='note'>unquantized model: {evals[0]['reference_bits_per_param']:.2f} bits/param.</p>",

@@ -30,7 +30,7 @@ from wquant.formats.compare import bound_samples
 from wquant.io import write_atomic
 from wquant.limits import gap_to_bound_bits
 from wquant.study.profile import profile_tensor
-from wquant.study.sentences import SENTENCES
+from wquant.study.sentences import CALIBRATION, EVALUATION
 
 STAGES = ("profile", "formats", "theory", "plan", "evaluate")
 THEORY_BITS = (2, 3, 4, 5, 6)
@@ -41,12 +41,14 @@ COMPARE_NUMEL = 2**20  # formats are compared on at most this many values of a t
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """What to study. model: a local Hugging Face folder or 'minilm'; text: evaluation text (one item a line)."""
+    """What to study. model: a local Hugging Face folder or 'minilm'; text / calib: evaluation and calibration
+    text files (default: wquant's built-in sentences, one half each)."""
 
     model: str = "minilm"
     budget: float = 4.0
     text: str | None = None
     max_texts: int = 200
+    calib: str | None = None
     seed: int = 0
     bound_samples: int = 2**16
 
@@ -224,12 +226,9 @@ def stage_theory(model: nn.Module, config: StudyConfig, tick: Callable[[], None]
     }
 
 
-def stage_plan(model: nn.Module, config: StudyConfig) -> dict[str, Any]:
-    """Per-tensor formats whose model-level all-in bits/param lands at or under the budget.
-
-    Every quantized tensor gets the entropy-coded uniform grid at the same bits/param, chosen so that the
-    quantized tensors plus every unquantized parameter (at its dtype width) fit the budget.
-    """
+def uniform_coded_plan(model: nn.Module, config: StudyConfig) -> dict[str, Any]:
+    """Every studied tensor on the entropy-coded uniform grid at one bits/param, chosen so that the quantized
+    tensors plus every unquantized parameter (at its dtype width) fit the model-level budget."""
     tensors = weight_tensors(model)
     quantized_ids = {id(w) for _, w in tensors}
     params = {id(p): p for p in model.parameters()}
@@ -244,13 +243,39 @@ def stage_plan(model: nn.Module, config: StudyConfig) -> dict[str, Any]:
         )
     target = math.floor(per_tensor * 1e4) / 1e4
     spec = f"uniform@{target}/tensor:rms:bf16+coded"
-    return {"rule": "uniform allocation, coded uniform grid", "per_tensor_bits": target,
+    return {"rule": "one coded uniform grid for every tensor", "per_tensor_bits": target,
             "tensors": [{"tensor": n, "spec": spec} for n, _ in tensors]}  # fmt: skip
+
+
+def stage_plan(loaded: Any, config: StudyConfig, tick: Callable[[], None]) -> dict[str, Any]:
+    """Two plans at the budget: Fisher allocation over int grids (wquant.allocation) and uniform coded."""
+    from wquant.allocation import AdviseConfig, advise
+
+    calibration = "\n".join(_calibration(config))
+    fisher_config = AdviseConfig(budget=config.budget).fisher
+    fisher_config = dataclasses.replace(
+        fisher_config,
+        seed=config.seed,
+        window=min(fisher_config.window, loaded.max_length),
+        min_tokens=min(fisher_config.min_tokens, 256),
+    )
+    plan, _, _ = advise(loaded.model, loaded.tokenizer, loaded.task, calibration,
+                        AdviseConfig(budget=config.budget, fisher=fisher_config))  # fmt: skip
+    tick()
+    return {"fisher": json.loads(plan.to_json()), "uniform": uniform_coded_plan(loaded.model, config)}
+
+
+def _calibration(config: StudyConfig) -> list[str]:
+    if config.calib is None:
+        return list(CALIBRATION)
+    from wquant.evaluate.text import read_paragraphs
+
+    return read_paragraphs(config.calib, limit=config.max_texts)
 
 
 def _texts(config: StudyConfig) -> list[str]:
     if config.text is None:
-        return list(SENTENCES)[: config.max_texts]
+        return list(EVALUATION)[: config.max_texts]
     from wquant.evaluate.text import read_paragraphs
 
     return read_paragraphs(config.text, limit=config.max_texts)
@@ -258,23 +283,27 @@ def _texts(config: StudyConfig) -> list[str]:
 
 def stage_evaluate(loaded: Any, plan: dict[str, Any], config: StudyConfig) -> list[dict[str, Any]]:
     """Quantize copies of the model with the plan and with a conventional baseline; measure both."""
+    from wquant.allocation import Plan, apply_plan
     from wquant.evaluate import compare_causal, compare_encoders
     from wquant.models import QuantizeConfig, model_bits, quantize_model
 
     base = loaded.model
     b = config.element_bits
-    names = tuple(t["tensor"] for t in plan["tensors"])  # both variants quantize exactly the studied tensors
-    variants = {
-        "plan": QuantizeConfig(plan["tensors"][0]["spec"], targets=("linear", "embedding"), include=names,
-                               overrides=tuple((t["tensor"], t["spec"]) for t in plan["tensors"])),
-        f"baseline int{b} g64 (scale+zero)": QuantizeConfig(f"int{b}:unsigned/block64:minmax:bf16",
-                                                             targets=("linear", "embedding"), include=names),
+    uniform = plan["uniform"]
+    names = tuple(t["tensor"] for t in uniform["tensors"])
+    variants: dict[str, Callable[[nn.Module], nn.Module]] = {
+        "Fisher allocation (int g64, 2-8 bits)": lambda m: apply_plan(m, Plan.from_json(json.dumps(plan["fisher"]))),
+        "uniform allocation, coded uniform grid": lambda m: quantize_model(m, QuantizeConfig(
+            uniform["tensors"][0]["spec"], targets=("linear", "embedding"), include=names,
+            overrides=tuple((t["tensor"], t["spec"]) for t in uniform["tensors"]))),
+        f"baseline int{b} g64 (scale+zero)": lambda m: quantize_model(m, QuantizeConfig(
+            f"int{b}:unsigned/block64:minmax:bf16", targets=("linear", "embedding"), include=names)),
     }  # fmt: skip
     texts = _texts(config)
     rows = []
-    for label, qconfig in variants.items():
+    for label, apply in variants.items():
         start = time.perf_counter()
-        model = quantize_model(copy.deepcopy(base), qconfig)
+        model = apply(copy.deepcopy(base))
         seconds = time.perf_counter() - start
         bits = model_bits(model).bits_per_param
         ref_bits = model_bits(base).bits_per_param
@@ -331,7 +360,7 @@ def run_study(
         "profile": (n_tensors, lambda tick: stage_profile(loaded.model, config, tick)),
         "formats": (n_tensors, lambda tick: stage_formats(loaded.model, results["profile"], config, tick)),
         "theory": (3, lambda tick: stage_theory(loaded.model, config, tick)),
-        "plan": (1, lambda tick: stage_plan(loaded.model, config)),
+        "plan": (1, lambda tick: stage_plan(loaded, config, tick)),
         "evaluate": (1, lambda tick: stage_evaluate(loaded, results["plan"], config)),
     }
     columns = (TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

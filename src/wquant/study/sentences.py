@@ -1,5 +1,6 @@
-"""Evaluation sentences written for wquant: varied topics, lengths and registers, so embedding fidelity is
-measured on more than one kind of text when the user gives none."""
+"""Sentences written for wquant: varied topics, lengths and registers, so a study calibrates and evaluates on
+more than one kind of text when the user gives none. The first half calibrates, the second half evaluates:
+never both on the same text."""
 
 SENTENCES = (
     "The river rose overnight and the village moved its boats to higher ground.",
@@ -83,3 +84,6 @@ SENTENCES = (
     "The spreadsheet calculates totals automatically for each month.",
     "A gentle breeze carried the scent of pine through the valley.",
 )
+
+CALIBRATION = SENTENCES[: len(SENTENCES) // 2]
+EVALUATION = SENTENCES[len(SENTENCES) // 2 :]
