@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import correlated_layer, output_error
+from algo_helpers import correlated_layer, output_error
 
 from wquant.algorithms import GPTQConfig, RTNConfig, gptq, hessian_from_inputs, rtn
 from wquant.algorithms.gptq import DampingWarning

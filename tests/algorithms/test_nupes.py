@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import correlated_layer
+from algo_helpers import correlated_layer
 
 from wquant.algorithms import (
     GPTQConfig,
