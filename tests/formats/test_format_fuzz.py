@@ -16,7 +16,8 @@ from wquant.formats.coding import decode_codes, encode_codes
 
 SPEC_ALPHABET = "intuf0123456789.:/+-@,eamdbscklogrpwhx"
 TOKENS = ["int4", "e2m1", "nf4", "lut:", "crd-t5:", "pow0.7:", "uniform", "@", "/", "block", "64", ":", "absmax",
-          "rms", "minmax", "signmax", "e8m0", "bf16", "+search", "+outliers", "0.01", "+coded", ":g", "-", "."]  # fmt: skip
+          "rms", "minmax", "signmax", "e8m0", "bf16", "+search", "+outliers", "0.01", "+coded", ":g", "-",
+          "."]  # fmt: skip
 
 
 @given(st.one_of(st.text(alphabet=SPEC_ALPHABET, max_size=40), st.lists(st.sampled_from(TOKENS)).map("".join)))

@@ -405,7 +405,8 @@ def encode_codes(
     field_values: list[np.ndarray] = []
     field_widths: list[np.ndarray] = []
     if alphabet_gaps is not None:
-        gap_width = int(alphabet_gaps.max()).bit_length() if alphabet_gaps.size else 0
+        # gaps above 2^63 wrapped to negative int64 (their bit pattern is right): size the field unsigned
+        gap_width = int(alphabet_gaps.view(np.uint64).max()).bit_length() if alphabet_gaps.size else 0
         field_values.append(np.concatenate([[gap_width], alphabet_gaps]).astype(np.int64))
         field_widths.append(
             np.concatenate([[GAP_WIDTH_FIELD_BITS], np.full(alphabet_gaps.size, gap_width)]).astype(np.int64)
