@@ -143,11 +143,15 @@ class QuantizedTensor:
             if not 2 <= size <= MAX_TABLE_SIZE:
                 raise CorruptDataError(f"stored code table claims {size} entries; the stream is damaged")
             table = _f32_from_bits(reader.read(32, size))
+            if not (np.all(np.isfinite(table)) and np.all(np.diff(table) > 0)):
+                raise CorruptDataError("stored code table is not a strictly increasing set of numbers")
         book = _codebook(spec, table)
         codes = reader.read(book.code_bits, numel) if spec.coding is None else None
         scale_codes = reader.read(sc.scale_format.bits, rows * groups)
         offset_codes = reader.read(sc.scale_format.bits, rows * groups) if sc.rule == "minmax" else None
         tensor_scale = float(_f32_from_bits(reader.read(32, 1))[0]) if sc.scale_format.tensor_scale_bits else None
+        if tensor_scale is not None and not (math.isfinite(tensor_scale) and tensor_scale > 0):
+            raise CorruptDataError(f"stored per-tensor scale factor {tensor_scale} is not a positive number")
         k = spec.outliers.count(numel) if spec.outliers is not None else 0
         outlier_codes = reader.read(spec.outliers.value_format.bits, k) if spec.outliers else np.zeros(0, np.int64)
         outlier_index = reader.read(OUTLIER_INDEX_BITS, k) if spec.outliers else np.zeros(0, np.int64)
@@ -165,10 +169,16 @@ class QuantizedTensor:
             raise CorruptDataError(f"element code {int(codes.max())} out of range for {book.size} levels")
         if outlier_index.size and int(outlier_index.max()) >= numel:
             raise CorruptDataError("outlier index points outside the tensor")
-        return QuantizedTensor(
+        stored = QuantizedTensor(
             spec, shape, dtype, torch.as_tensor(codes).to(book.code_dtype()), scale_codes, offset_codes,
             tensor_scale, table, outlier_index, outlier_codes, payload,
         )  # fmt: skip
+        stored.scales()  # refuses scale codes no encoder writes (NaN/Inf patterns, out-of-table codes)
+        if offset_codes is not None:
+            sc.scale_format.decode(offset_codes, None)
+        if spec.outliers is not None:
+            spec.outliers.value_format.decode(outlier_codes, None)
+        return stored
 
 
 def quantize(

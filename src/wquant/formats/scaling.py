@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from wquant.errors import SpecError
+from wquant.errors import CorruptDataError, SpecError
 from wquant.formats.codebook import Codebook
 from wquant.formats.floats import FloatFormat, float_format
 from wquant.validation import check_int_range
@@ -101,7 +101,13 @@ class ScaleFormat:
         return values, codes_t.to(torch.int64).numpy(), factor if self._needs_tensor_factor else None
 
     def decode(self, codes: np.ndarray, factor: float | None) -> torch.Tensor:
-        """Scale values from stored codes (inverse of `quantize`)."""
+        """Scale values from stored codes (inverse of `quantize`); codes no encoder makes are refused."""
+        values = self._decode(np.asarray(codes, dtype=np.int64), factor)
+        if not bool(torch.isfinite(values).all()):
+            raise CorruptDataError(f"stored {self.name} values include NaN/Inf codes; the stream is damaged")
+        return values
+
+    def _decode(self, codes: np.ndarray, factor: float | None) -> torch.Tensor:
         if self.name in _IEEE_SCALES:
             dtype = _IEEE_SCALES[self.name]
             bits = torch.finfo(dtype).bits
@@ -109,10 +115,15 @@ class ScaleFormat:
             int_view = {32: torch.int32, 16: torch.int16}[bits]
             return torch.as_tensor(signed).to(int_view).view(dtype).to(torch.float32)
         if self.name in _E8M0_RULES:
+            if codes.size and int(codes.max()) > 2 * E8M0_BIAS:  # 0xFF is E8M0's NaN
+                raise CorruptDataError("stored e8m0 scale is the NaN code 0xFF; the stream is damaged")
             return torch.exp2(torch.as_tensor(codes, dtype=torch.float32) - E8M0_BIAS)
         fmt = self._exmy
         assert fmt is not None
-        return torch.as_tensor(fmt.values()[codes], dtype=torch.float32) * (1.0 if factor is None else factor)
+        table = fmt.values()
+        if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= table.size):
+            raise CorruptDataError(f"stored {self.name} code out of range (the format has {table.size} values)")
+        return torch.as_tensor(table[codes], dtype=torch.float32) * (1.0 if factor is None else factor)
 
 
 @dataclass(frozen=True)
