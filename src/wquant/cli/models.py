@@ -93,6 +93,11 @@ def quantize_cmd(
     override: Overrides = None,
     target: Targets = None,
     exclude: Excludes = None,
+    algorithm: Annotated[str, typer.Option(help="rtn | rtn-search | gptq | nupes (Linear layers)")] = "rtn",
+    calib: Annotated[Path | None, typer.Option(help="calibration text for gptq / nupes / rtn-search")] = None,
+    nsamples: Annotated[int, typer.Option(help="calibration windows (causal LM) or paragraphs (encoder)")] = 128,
+    seqlen: Annotated[int, typer.Option(help="tokens per calibration window")] = 512,
+    seed: Annotated[int, typer.Option(help="seed of the calibration sampling")] = 0,
 ) -> None:
     """Quantize a model's Linear/Embedding weights and save it (safetensors + checked JSON manifest).
 
@@ -100,6 +105,7 @@ def quantize_cmd(
       wquant quantize minilm --format int4:unsigned/block64:minmax:bf16 --target linear --out minilm-int4
       wquant quantize ./my-llama -f nf4 --override 'lm_head=int8/channel:absmax:bf16' --out llama-nf4
       wquant quantize ./my-llama -f mxfp4 -o '*embed_tokens=none' -x '*.layers.0.*' --out llama-mx
+      wquant quantize minilm -f int4/block64:absmax:bf16 --algorithm gptq --calib calib.txt --out minilm-gptq
     """
     from wquant.models import load_pretrained, model_bits, quantize_model, save_quantized
 
@@ -108,7 +114,9 @@ def quantize_cmd(
         config = _config(fmt, override, target, exclude)
         loaded = load_pretrained(model_dir)
         before = model_bits(loaded.model)
-        quantize_model(loaded.model, config)
+        if algorithm != "rtn":
+            _calibrated_quantize(loaded, algorithm, fmt, calib, nsamples, seqlen, seed, exclude)
+        quantize_model(loaded.model, config)  # everything the algorithm did not already quantize
         save_quantized(loaded.model, out, tokenizer=loaded.tokenizer)
     except WquantError as exc:
         raise fail(exc) from None
@@ -116,6 +124,29 @@ def quantize_cmd(
     console.print(_bits_table(f"{model_dir}: {before.bits_per_param:.2f} → {report.bits_per_param:.4f} "
                               "bits/param", report))  # fmt: skip
     console.print(f"saved to {out}")
+
+
+def _calibrated_quantize(
+    loaded: Any, algorithm: str, fmt: str, calib: Path | None, nsamples: int, seqlen: int, seed: int,
+    exclude: list[str] | None,
+) -> None:  # fmt: skip
+    """Run a calibrated algorithm over the Linear layers (wquant.algorithms), in forward order."""
+    from wquant.algorithms import algorithm_config, calibration_windows, quantize_model_with, sentence_batches
+    from wquant.evaluate.text import read_paragraphs
+    from wquant.formats import parse_spec
+
+    spec = parse_spec(fmt)
+    config = algorithm_config(algorithm, fmt, bits=getattr(spec.element, "bits", 4))
+    batches = None
+    if calib is not None:
+        if loaded.task == "encoder":
+            texts = read_paragraphs(calib, limit=nsamples)
+            batches = sentence_batches(loaded.tokenizer, texts, max_length=min(seqlen, loaded.max_length))
+        else:
+            batches = calibration_windows(loaded.tokenizer, calib, nsamples=nsamples, seqlen=seqlen, seed=seed)
+    elif algorithm in ("gptq",):
+        raise ParameterError(f"--algorithm {algorithm} needs --calib FILE (calibration text)")
+    quantize_model_with(loaded.model, config, batches, exclude=tuple(exclude or ()))
 
 
 @app.command("eval")
