@@ -100,3 +100,19 @@ def test_report_renders_in_headless_chromium(study, tmp_path):
     assert shot.is_file() and shot.stat().st_size > 50_000  # figures and tables drew something substantial
     console_errors = [line for line in proc.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()]
     assert not console_errors
+
+
+def test_cli_passes_every_option_to_the_study(model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from wquant.cli.main import app
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text(
+        "\n".join([f"A calibration paragraph that is long enough to count, number {i}." for i in range(8)])
+    )
+    args = ["study", str(model_dir), "--out", str(tmp_path / "out"), "--budget", "12", "--max-texts", "6",
+            "--seed", "3", "--calib", str(calib)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "report:" in result.output and (tmp_path / "out" / "report.html").is_file()

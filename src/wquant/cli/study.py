@@ -18,7 +18,8 @@ def study(
     out: Annotated[str, typer.Option(help="output folder (report.html, results.csv, stages/)")] = "wquant-study",
     budget: Annotated[float, typer.Option(help="bits/param, all-in, model-level")] = 4.0,
     text: Annotated[str | None, typer.Option(help="evaluation text file (default: built-in sentences)")] = None,
-    max_texts: Annotated[int, typer.Option(help="texts evaluated")] = 200,
+    max_texts: Annotated[int, typer.Option(help="texts evaluated (and calibrated on)")] = 200,
+    calib: Annotated[str | None, typer.Option(help="calibration text for the Fisher plan (default: built-in)")] = None,
     seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
     force: Annotated[bool, typer.Option(help="replace an existing report (finished stages are reused)")] = False,
 ) -> None:
@@ -26,12 +27,14 @@ def study(
 
     Examples:
       wquant study --out study-minilm
-      wquant study ~/models/my-llm --budget 3.5 --text ../shared/data/wikitext-2-raw-test.txt --out study-llm
+      wquant study ~/models/my-llm --budget 3.5 --text ../shared/data/wikitext-2-raw-test.txt \
+                   --calib ../shared/data/wikitext-2-tokens-valid.txt --out study-llm
     """
     from wquant.study.pipeline import StudyConfig, run_study
 
     try:
-        result = run_study(StudyConfig(model, budget, text, max_texts, seed), out, force=force)
+        config = StudyConfig(model=model, budget=budget, text=text, max_texts=max_texts, calib=calib, seed=seed)
+        result = run_study(config, out, force=force)
     except WquantError as exc:
         raise fail(exc) from None
     for run in result.stages:
