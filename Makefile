@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 TORCH := torch==2.13.0
 
-.PHONY: demo test slow fuzz lint bench clean venv
+.PHONY: demo test slow fuzz lint bench bench-models clean venv
 
 venv: $(STAMP)
 
@@ -32,9 +32,18 @@ fuzz: venv
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
 
+# each script runs wquant beside its peer library in one process and rewrites its section of BENCHMARKS.md
 bench: venv
 	$(BIN)/python -m pip install -q -e ".[dev,bench]" $(TORCH)
-	$(BIN)/python benchmarks/formats_speed.py
+	$(BIN)/python benchmarks/formats_speed.py --write
+	$(BIN)/python benchmarks/coding_speed.py --write
+	$(BIN)/python benchmarks/theory_speed.py --write
+	$(BIN)/python benchmarks/gptq_speed.py --write
+
+# MiniLM and the causal testbed beside bitsandbytes and hqq (about half an hour on 2 cores)
+bench-models: venv
+	$(BIN)/python -m pip install -q -e ".[dev,bench]" $(TORCH)
+	$(BIN)/python benchmarks/models.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
