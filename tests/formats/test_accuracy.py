@@ -65,9 +65,14 @@ def test_cube_root_on_heavy_tails():
     # formats.md C2 table: Laplace(b=1) and t5 with their own cube-root grid, tensor RMS, 4 bits
     torch.manual_seed(1)  # torch.distributions draws from the global generator
     lap = torch.distributions.Laplace(0.0, 1.0).sample((1024, 4096))
-    t5 = torch.distributions.StudentT(5.0).sample((1024, 4096))
     assert np.sqrt(rel_mse(lap, "crd-laplace:4/tensor:rms")) == pytest.approx(0.1241, abs=0.003)
-    assert np.sqrt(rel_mse(t5, "crd-t5:4/tensor:rms")) == pytest.approx(0.1448, abs=0.004)
+    # t5's R hangs on its few most extreme samples (0.144-0.150 across seeds): compare the median of five
+    errors = []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        t5 = torch.distributions.StudentT(5.0).sample((1024, 4096))
+        errors.append(np.sqrt(rel_mse(t5, "crd-t5:4/tensor:rms")))
+    assert float(np.median(errors)) == pytest.approx(0.1448, abs=0.002)
 
 
 @pytest.mark.parametrize("bits,r_uniform,r_best,a_best", [(3, 0.3327, 0.2930, 0.72), (4, 0.1427, 0.1258, 0.73)])
