@@ -47,6 +47,40 @@ def nearest_neighbours(embeddings: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _embed_stream(
+    models: tuple[nn.Module, ...],
+    tokenizer: Any,
+    texts: Iterable[str],
+    *,
+    batch_size: int,
+    max_length: int,
+    total: int | None,
+    progress: bool,
+    empty_message: str,
+) -> list[torch.Tensor]:
+    """Embed `texts` (any iterable, read once, batch by batch) with every model; one matrix per model."""
+    check_int_range(batch_size, "batch_size", 1)
+    parts: list[list[torch.Tensor]] = [[] for _ in models]
+    batch: list[str] = []
+
+    def flush() -> None:
+        for model, out in zip(models, parts, strict=True):
+            out.append(sentence_embeddings(model, tokenizer, batch, batch_size=batch_size, max_length=max_length))
+        advance(len(batch))
+        batch.clear()
+
+    with progress_bar("embeddings", total, enabled=progress) as advance:
+        for text in texts:
+            batch.append(text)
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+    if not parts[0]:
+        raise ParameterError(empty_message)
+    return [torch.cat(out) for out in parts]
+
+
 def embed_texts(
     model: nn.Module,
     tokenizer: Any,
@@ -58,22 +92,8 @@ def embed_texts(
     progress: bool = False,
 ) -> torch.Tensor:
     """Unit-norm sentence embeddings of `texts` (any iterable, consumed batch by batch)."""
-    check_int_range(batch_size, "batch_size", 1)
-    parts: list[torch.Tensor] = []
-    batch: list[str] = []
-    with progress_bar("embeddings", total, enabled=progress) as advance:
-        for text in texts:
-            batch.append(text)
-            if len(batch) == batch_size:
-                parts.append(sentence_embeddings(model, tokenizer, batch, batch_size=batch_size, max_length=max_length))
-                advance(len(batch))
-                batch = []
-        if batch:
-            parts.append(sentence_embeddings(model, tokenizer, batch, batch_size=batch_size, max_length=max_length))
-            advance(len(batch))
-    if not parts:
-        raise ParameterError("no texts to embed; the text source is empty")
-    return torch.cat(parts)
+    return _embed_stream((model,), tokenizer, texts, batch_size=batch_size, max_length=max_length, total=total,
+                         progress=progress, empty_message="no texts to embed; the text source is empty")[0]  # fmt: skip
 
 
 def embedding_fidelity(
@@ -110,29 +130,12 @@ def compare_encoders(
     progress: bool = False,
 ) -> EmbeddingComparison:
     """Embed `texts` with both models, batch by batch, and compare the embeddings."""
-    ref_parts: list[torch.Tensor] = []
-    q_parts: list[torch.Tensor] = []
-    batch: list[str] = []
-
-    def flush() -> None:
-        for model, parts in ((reference, ref_parts), (quantized, q_parts)):
-            parts.append(sentence_embeddings(model, tokenizer, batch, batch_size=batch_size, max_length=max_length))
-        advance(len(batch))
-        batch.clear()
-
-    check_int_range(batch_size, "batch_size", 1)
-    with progress_bar("embeddings", total, enabled=progress) as advance:
-        for text in texts:
-            batch.append(text)
-            if len(batch) == batch_size:
-                flush()
-        if batch:
-            flush()
-    if not ref_parts:
-        raise ParameterError("no texts to compare; the text source is empty")
+    ref, quant = _embed_stream((reference, quantized), tokenizer, texts, batch_size=batch_size, max_length=max_length,
+                               total=total, progress=progress,
+                               empty_message="no texts to compare; the text source is empty")  # fmt: skip
     return embedding_fidelity(
-        torch.cat(ref_parts),
-        torch.cat(q_parts),
+        ref,
+        quant,
         bits_per_param=model_bits(quantized).bits_per_param,
         reference_bits_per_param=model_bits(reference).bits_per_param,
     )
