@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from wquant.errors import CorruptDataError, TensorError
 from wquant.formats.bitpack import BitReader, BitWriter
 from wquant.formats.codebook import Codebook
 from wquant.formats.coding import decode_codes, encode_codes
-from wquant.formats.grids import UniformGrid
+from wquant.formats.grids import ElementGrid, UniformGrid
 from wquant.formats.scaling import Scaling
 from wquant.formats.spec import OUTLIER_INDEX_BITS, FormatSpec, parse_spec
 from wquant.validation import NanPolicy, check_tensor
@@ -321,7 +322,13 @@ def _codebook(spec: FormatSpec, table: np.ndarray | None) -> Codebook:
     """The codebook of a spec; fitted grids use their stored table once there is one."""
     if spec.element.data_dependent and table is not None:
         return spec.element.codebook_from_table(table)
-    return spec.element.codebook(spec.scaling.rule, spec.scaling.block_size)
+    return _nominal_codebook(spec.element, spec.scaling.rule, spec.scaling.block_size)
+
+
+@lru_cache(maxsize=256)
+def _nominal_codebook(element: ElementGrid, rule: str, block_size: int | None) -> Codebook:
+    """Grids are frozen, so their codebooks (and the look-up tables those build) are made once, not per call."""
+    return element.codebook(rule, block_size)
 
 
 def _view_2d(shape: tuple[int, ...]) -> tuple[int, int]:
