@@ -16,6 +16,9 @@ W = torch.randn(256, 512, generator=torch.Generator().manual_seed(5))
         ("nf4/block64:absmax:fp32", 4 + 32 / 64),  # QLoRA NF4: 4.5
         ("mxfp4", 4 + 8 / 32),  # OCP MXFP4: 4.25
         ("int4:unsigned/block128:minmax:bf16", 4 + 32 / 128),  # scale + zero in bf16: 4.25
+        ("gptq-int4-g128", 4 + (16 + 4) / 128),  # GPTQ checkpoint: fp16 scale + 4-bit zero point, 4.15625
+        ("int3:unsigned/channel:zeropoint:bf16", 3 + (16 + 3) / 512),
+        ("int4:asym/block64:span:fp32", 4 + 32 / 64),  # span stores a scale only
         ("int4/block128:absmax:bf16", 4.125),
         ("int4/channel:absmax:bf16", 4 + 16 / 512),
         ("int4/block128:absmax:e7m3", 4 + 11 / 128),  # graphcore's "E8M3" = 1 + 7 + 3 bits

@@ -16,8 +16,8 @@ from wquant.formats.coding import decode_codes, encode_codes
 
 SPEC_ALPHABET = "intuf0123456789.:/+-@,eamdbscklogrpwhx"
 TOKENS = ["int4", "e2m1", "nf4", "lut:", "crd-t5:", "pow0.7:", "uniform", "@", "/", "block", "64", ":", "absmax",
-          "rms", "minmax", "signmax", "e8m0", "bf16", "+search", "+outliers", "0.01", "+coded", ":g", "-",
-          "."]  # fmt: skip
+          "rms", "minmax", "signmax", "zeropoint", "span", "e8m0", "bf16", "+search", "+outliers", "0.01", "+coded",
+          ":g", "-", "."]  # fmt: skip
 
 
 @given(st.one_of(st.text(alphabet=SPEC_ALPHABET, max_size=40), st.lists(st.sampled_from(TOKENS)).map("".join)))
@@ -30,7 +30,7 @@ def test_spec_parser_accepts_or_explains(text):
 
 
 STREAM_SPECS = ["int4/block8:absmax:bf16", "lloydmax:2/tensor:rms", "nvfp4", "uniform0.5/tensor:rms+coded",
-                "int3:unsigned/block5:minmax:fp16+outliers0.1"]  # fmt: skip
+                "int3:unsigned/block5:minmax:fp16+outliers0.1", "int4:unsigned/block6:zeropoint:bf16"]  # fmt: skip
 
 
 @pytest.mark.parametrize("spec", STREAM_SPECS)

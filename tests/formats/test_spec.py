@@ -14,6 +14,8 @@ SPECS = [
     "lloydmax:3/tensor:rms:bf16",
     "crd-normal:3:asym:p0.5/block128:signmax:bf16",
     "int4:unsigned/block128:minmax:fp16+outliers0.01:fp32",
+    "int4:unsigned/block128:zeropoint:fp16",
+    "int4:asym/channel:span:bf16+search",
     "e4m3/block16:absmax:ue4m3",
 ]
 

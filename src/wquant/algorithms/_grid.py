@@ -115,7 +115,7 @@ class GroupGrid:
         self.scale_codes[:, g0 : g0 + n] = scale_codes.reshape(scales.shape)
         if mins is not None:
             assert self.offsets is not None and self.offset_codes is not None
-            offsets, offset_codes, _ = sc.scale_format.quantize(mins - scales * self.book.lo, 1.0)
+            offsets, offset_codes = sc.store_offsets(mins, scales, self.book)
             self.offsets[:, g0 : g0 + n] = offsets.to(self.offsets.dtype)
             self.offset_codes[:, g0 : g0 + n] = offset_codes.reshape(scales.shape)
         self.fixed[g0 : g0 + n] = True
@@ -207,8 +207,8 @@ def prepare(weight: torch.Tensor, spec: FormatSpec | str, *, dtype: torch.dtype 
         table=reference.table, tensor_scale=reference.tensor_scale,
         scales=torch.zeros(scale_rows, groups, dtype=torch.float32),
         scale_codes=np.zeros((scale_rows, groups), dtype=np.int64),
-        offsets=None if sc.rule != "minmax" else torch.zeros(scale_rows, groups, dtype=torch.float32),
-        offset_codes=None if sc.rule != "minmax" else np.zeros((scale_rows, groups), dtype=np.int64),
+        offsets=torch.zeros(scale_rows, groups, dtype=torch.float32) if sc.has_offsets else None,
+        offset_codes=np.zeros((scale_rows, groups), dtype=np.int64) if sc.has_offsets else None,
         fixed=torch.zeros(groups, dtype=torch.bool), outlier_index=reference.outlier_index,
         outlier_codes=reference.outlier_codes, outlier_mask=mask, outlier_values=values,
     )  # fmt: skip
@@ -218,7 +218,7 @@ def prepare(weight: torch.Tensor, spec: FormatSpec | str, *, dtype: torch.dtype 
     if reference.offset_codes is not None:
         assert grid.offsets is not None and grid.offset_codes is not None
         codes = np.asarray(reference.offset_codes).reshape(-1)
-        grid.offsets[:] = sc.scale_format.decode(codes, None).reshape(scale_rows, groups)
+        grid.offsets[:] = sc.decode_offsets(codes, grid.scales, grid.book)
         grid.offset_codes[:] = codes.reshape(scale_rows, groups)
     grid.fixed[:] = True
     return grid

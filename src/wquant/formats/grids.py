@@ -42,7 +42,7 @@ class IntGrid:
 
     sym: -(2^(b-1)-1) … 2^(b-1)-1 (restricted range, zero exact; b=1 gives {-1, 1});
     asym: two's-complement range -2^(b-1) … 2^(b-1)-1; half: ±0.5 … ±(2^(b-1)-0.5), no zero;
-    unsigned: 0 … 2^b-1 (pair it with the minmax rule for an affine scale+zero format).
+    unsigned: 0 … 2^b-1 (pair it with the minmax or zeropoint rule for an affine scale+zero format).
     """
 
     bits: int

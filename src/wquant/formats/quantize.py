@@ -38,7 +38,7 @@ class QuantizedTensor:
     dtype: torch.dtype
     codes: torch.Tensor  # flat element codes (indices into the codebook), row-major, no padding
     scale_codes: np.ndarray  # stored scale patterns, (scale rows × groups)
-    offset_codes: np.ndarray | None  # zero offsets (minmax rule), same layout as scales
+    offset_codes: np.ndarray | None  # zero offsets (minmax) or zero points (zeropoint), same layout as scales
     tensor_scale: float | None  # per-tensor fp32 factor of ExMy scale formats
     table: np.ndarray | None  # fitted levels (float32) of data-dependent grids
     outlier_index: np.ndarray  # flat indices (int64), ascending
@@ -65,7 +65,7 @@ class QuantizedTensor:
         out = {
             "codes": self.numel * self.codebook().code_bits if self.payload is None else 8 * len(self.payload),
             "scales": n_groups * sc.scale_format.bits,
-            "offsets": 0 if self.offset_codes is None else n_groups * sc.scale_format.bits,
+            "offsets": 0 if self.offset_codes is None else n_groups * sc.offset_bits(self.codebook()),
             "tensor_scale": sc.scale_format.tensor_scale_bits,
             "table": 0 if self.table is None else TABLE_COUNT_BITS + self.table.size * 32,
             "outliers": 0,
@@ -91,7 +91,7 @@ class QuantizedTensor:
         scales = self.scales().to(dtype)
         offsets = None
         if self.offset_codes is not None:
-            offsets = sc.scale_format.decode(self.offset_codes.reshape(-1), None).reshape(scales.shape).to(dtype)
+            offsets = sc.decode_offsets(self.offset_codes, scales, book)
         if book.step is not None:  # fold the grid step into the scales: one pass fewer over the tensor
             values = self.codes.to(dtype).add_(book.lo / book.step).reshape(rows, cols)
             scales = scales * book.step
@@ -115,7 +115,7 @@ class QuantizedTensor:
             writer.write(self.codes.to(torch.int64).numpy(), self.codebook().code_bits)
         writer.write(self.scale_codes, sc.scale_format.bits)
         if self.offset_codes is not None:
-            writer.write(self.offset_codes, sc.scale_format.bits)
+            writer.write(self.offset_codes, sc.offset_bits(self.codebook()))
         if self.tensor_scale is not None:
             writer.write(_f32_bits(np.array([self.tensor_scale])), 32)
         if self.spec.outliers is not None:
@@ -149,7 +149,7 @@ class QuantizedTensor:
         book = _codebook(spec, table)
         codes = reader.read(book.code_bits, numel) if spec.coding is None else None
         scale_codes = reader.read(sc.scale_format.bits, rows * groups)
-        offset_codes = reader.read(sc.scale_format.bits, rows * groups) if sc.rule == "minmax" else None
+        offset_codes = reader.read(sc.offset_bits(book), rows * groups) if sc.has_offsets else None
         tensor_scale = float(_f32_from_bits(reader.read(32, 1))[0]) if sc.scale_format.tensor_scale_bits else None
         if tensor_scale is not None and not (math.isfinite(tensor_scale) and tensor_scale > 0):
             raise CorruptDataError(f"stored per-tensor scale factor {tensor_scale} is not a positive number")
@@ -174,9 +174,9 @@ class QuantizedTensor:
             spec, shape, dtype, torch.as_tensor(codes).to(book.code_dtype()), scale_codes, offset_codes,
             tensor_scale, table, outlier_index, outlier_codes, payload,
         )  # fmt: skip
-        stored.scales()  # refuses scale codes no encoder writes (NaN/Inf patterns, out-of-table codes)
+        scales = stored.scales()  # refuses scale codes no encoder writes (NaN/Inf patterns, out-of-table codes)
         if offset_codes is not None:
-            sc.scale_format.decode(offset_codes, None)
+            sc.decode_offsets(offset_codes, scales, book)
         if spec.outliers is not None:
             spec.outliers.value_format.decode(outlier_codes, None)
         return stored
@@ -264,7 +264,7 @@ def _quantize_groups(blocks: torch.Tensor, pad: int, book: Codebook, sc: Scaling
     scales, scale_codes, factor = sc.scale_format.quantize(raw * multiplier, book.absmax_target)
     offsets = offset_codes = None
     if mins is not None:
-        offsets, offset_codes, _ = sc.scale_format.quantize(mins - scales * book.lo, book.absmax_target)
+        offsets, offset_codes = sc.store_offsets(mins, scales, book)
     return _Groups(scales, scale_codes, factor, offsets, offset_codes)
 
 

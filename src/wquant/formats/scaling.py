@@ -19,9 +19,11 @@ from wquant.formats.codebook import Codebook
 from wquant.formats.floats import FloatFormat, float_format
 from wquant.validation import check_int_range
 
-ScaleRule = Literal["absmax", "signmax", "rms", "minmax"]
+ScaleRule = Literal["absmax", "signmax", "span", "rms", "minmax", "zeropoint"]
 Granularity = Literal["tensor", "channel", "block"]
-SCALE_RULES = ("absmax", "signmax", "rms", "minmax")
+SCALE_RULES = ("absmax", "signmax", "span", "rms", "minmax", "zeropoint")
+#: Rules that store a second field per group: a real-valued offset (minmax) or an integer zero point.
+OFFSET_RULES = ("minmax", "zeropoint")
 _IEEE_SCALES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _E8M0_RULES = {"e8m0": "floor", "e8m0-floor": "floor", "e8m0-rceil": "rceil"}
 E8M0_BIAS = 127
@@ -155,9 +157,42 @@ class Scaling:
         gran = f"block{self.block_size}" if self.granularity == "block" else self.granularity
         return f"{gran}:{self.rule}:{self.scale_format.name}"
 
+    @property
+    def has_offsets(self) -> bool:
+        return self.rule in OFFSET_RULES
+
     def fields_per_group(self) -> int:
-        """Scale fields stored per group: a scale, plus a zero offset for minmax."""
-        return 2 if self.rule == "minmax" else 1
+        """Fields stored per group: a scale, plus a zero offset (minmax) or zero point (zeropoint)."""
+        return 2 if self.has_offsets else 1
+
+    def offset_bits(self, book: Codebook) -> int:
+        """Width of the second field: a scale-format number (minmax) or an element code (zeropoint)."""
+        return book.code_bits if self.rule == "zeropoint" else self.scale_format.bits
+
+    def store_offsets(
+        self, mins: torch.Tensor, scales: torch.Tensor, book: Codebook
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """Offsets added after scaling, and their stored codes, from each group's minimum and stored scale.
+
+        minmax stores min − scale·lo as a number. zeropoint stores the index z of the grid level that real 0
+        maps to (the nearest level to lo − min/scale), so 0 stays exact and the offset is −level[z]·scale:
+        the integer zero point of GPTQ/AWQ checkpoints, counted at the element code width.
+        """
+        if self.rule == "minmax":
+            offsets, codes, _ = self.scale_format.quantize(mins - scales * book.lo, book.absmax_target)
+            return offsets, codes
+        safe = torch.where(scales == 0, torch.ones_like(scales), scales)
+        zero_points = book.encode(book.lo - mins.to(safe.dtype) / safe)
+        return -book.decode(zero_points, scales.dtype) * scales, zero_points.to(torch.int64).numpy()
+
+    def decode_offsets(self, codes: np.ndarray, scales: torch.Tensor, book: Codebook) -> torch.Tensor:
+        """Offsets from stored codes (inverse of `store_offsets`), shaped like `scales`."""
+        codes = np.asarray(codes, dtype=np.int64).reshape(-1)
+        if self.rule == "minmax":
+            return self.scale_format.decode(codes, None).reshape(scales.shape).to(scales.dtype)
+        if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= book.size):
+            raise CorruptDataError(f"stored zero point {int(codes.max())} out of range for {book.size} levels")
+        return -book.decode(torch.as_tensor(codes), scales.dtype).reshape(scales.shape) * scales
 
     def blocks(self, x2d: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(rows, groups, group length) view of the 2-D tensor and the number of padded columns."""
@@ -173,11 +208,18 @@ class Scaling:
         return x2d.reshape(rows, -1, size), pad
 
     def raw_scales(self, blocks: torch.Tensor, book: Codebook, pad: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Unquantized fp32 scales per group (and the minimum per group for minmax)."""
-        if self.rule in ("absmax", "signmax"):
+        """Unquantized fp32 scales per group (and the minimum per group for minmax and zeropoint).
+
+        span maps [−absmax, absmax] onto the grid's whole width [lo, hi] (GPTQ's sym=True convention: on
+        an asymmetric grid such as −8…7 the top value then clips by half a step). zeropoint widens the
+        range to include 0, so the zero point is a level of the grid.
+        """
+        if self.rule in ("absmax", "signmax", "span"):
             lo_val, hi_val = blocks.aminmax(dim=-1)
         if self.rule == "absmax":
             return torch.maximum(hi_val, -lo_val) / book.absmax_target, None
+        if self.rule == "span":
+            return torch.maximum(hi_val, -lo_val) * (2.0 / (book.hi - book.lo)), None
         if self.rule == "signmax":
             extreme = torch.where(hi_val >= -lo_val, hi_val, lo_val)  # ties go to the positive side
             endpoint = book.lo if -book.lo > book.hi else book.hi
@@ -192,4 +234,6 @@ class Scaling:
             mean_sq = (sq.sum(dim=-1) / counts).clamp(min=torch.finfo(torch.float32).tiny)
             return mean_sq.sqrt() / book.rms_target, None
         lo_val, hi_val = blocks.aminmax(dim=-1)
+        if self.rule == "zeropoint":
+            lo_val, hi_val = lo_val.clamp(max=0), hi_val.clamp(min=0)
         return (hi_val - lo_val) / (book.hi - book.lo), lo_val

@@ -47,7 +47,8 @@ PRESETS: dict[str, str] = {
     "nvfp4": "e2m1/block16:absmax:e4m3",  # 4.5 (+32 bits per tensor)
     "nf4": "nf4/block64:absmax:fp32",  # QLoRA / bitsandbytes layout, 4.5
     "af4": "af4/block64:absmax:fp32",
-    "int4-g128": "int4:unsigned/block128:minmax:bf16",  # GPTQ/AWQ-style scale + zero, 4.25
+    "int4-g128": "int4:unsigned/block128:minmax:bf16",  # scale + real-valued zero offset, 4.25
+    "gptq-int4-g128": "int4:unsigned/block128:zeropoint:fp16",  # GPTQ/AWQ checkpoints: fp16 scale, 4-bit zero, 4.15625
     "int8-channel": "int8/channel:absmax:bf16",
 }
 
@@ -123,8 +124,12 @@ class FormatSpec:
             raise SpecError("a bits/param budget (uniform@B) needs entropy coding: add +coded")
         if self.scaling.search and self.element.data_dependent:
             raise SpecError("+search has no effect on fitted grids (Lloyd–Max, uniform): their table adapts; drop it")
-        if self.scaling.search and self.scaling.rule == "minmax":
-            raise SpecError("+search is defined for absmax, signmax and rms scaling; minmax already fits the range")
+        if self.scaling.search and self.scaling.has_offsets:
+            raise SpecError(f"+search is defined for absmax, signmax, span and rms scaling; {self.scaling.rule} "
+                            "already fits the range")  # fmt: skip
+        if self.scaling.rule == "zeropoint" and self.element.data_dependent:
+            raise SpecError("a zero point indexes a fixed grid level; fitted grids (Lloyd–Max, uniform) move "
+                            "their levels, so use minmax with them")  # fmt: skip
 
     def __str__(self) -> str:
         return self.to_string()
