@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from algo_helpers import correlated_layer, output_error
 
 from wquant.algorithms import GPTQConfig, RTNConfig, gptq, hessian_from_inputs, rtn
-from wquant.algorithms.gptq import DampingWarning
+from wquant.algorithms.gptq import DampingWarning, column_order
 from wquant.errors import ConvergenceError, TensorError
 from wquant.formats import NF4_LEVELS, quantize
 
@@ -106,21 +108,44 @@ def test_gptq_loss_estimate_tracks_output_error() -> None:
     assert result.loss == pytest.approx(exact, rel=1e-6)
 
 
-def test_gptq_beside_gptqmodel() -> None:
-    """Same weights, inputs and grid as gptqmodel's GPTQ: output error within 1 %. Skips when it is absent."""
+@pytest.mark.parametrize(
+    ("sym", "spec"),
+    [(False, "int4:unsigned/block64:zeropoint:fp32"), (True, "int4:asym/block64:span:fp32"),
+     (False, "int3:unsigned/block32:zeropoint:fp32")],
+)  # fmt: skip
+def test_gptq_beside_gptqmodel(sym: bool, spec: str) -> None:
+    """Same weights, inputs, grid, damping and column order as gptqmodel's GPTQ: output error within 1 %.
+
+    Per layer the two differ by up to ±2 % (rounding ties, and wquant fixes a group's scale from error-corrected
+    weights where gptqmodel reads them before this lazy block's corrections), so the check is the geometric mean
+    over 8 seeded layers, each within 5 %. Skips when gptqmodel (own venv, see benchmarks/) is absent.
+    """
     gptq_module = pytest.importorskip("gptqmodel.quantization.gptq")
-    weight, x = correlated_layer(64, 128, 1024, seed=4)
-    layer = torch.nn.Linear(128, 64, bias=False)
-    layer.weight.data.copy_(weight)
     from gptqmodel.quantization import QuantizeConfig as PeerConfig  # type: ignore[import-not-found]
 
-    peer = gptq_module.GPTQ(layer, qcfg=PeerConfig(bits=4, group_size=64, sym=True, desc_act=False))
-    peer.add_batch(x[None], None)
-    peer_out = peer.quantize()
-    peer_w = peer_out[0] if isinstance(peer_out, tuple) else layer.weight.data
-    ours = gptq(weight, hessian_from_inputs(x), GPTQConfig("int4:unsigned/block64:minmax:fp16"))
-    e_peer = output_error(weight, peer_w, x)
-    assert output_error(weight, ours.quantized.dequantize(), x) <= 1.01 * e_peer
+    bits, group = int(spec[3]), (64 if "block64" in spec else 32)
+    ratios = []
+    for seed in range(10, 18):
+        weight, x = correlated_layer(64, 128, 1024, seed=seed)
+        layer = torch.nn.Linear(128, 64, bias=False)
+        layer.weight.data.copy_(weight)
+        qcfg = PeerConfig(bits=bits, group_size=group, sym=sym, desc_act=False, act_group_aware=True, damp_percent=0.05)
+        peer = gptq_module.GPTQ(layer, qcfg=qcfg)
+        peer.quantizer.configure(perchannel=True)
+        peer.add_batch(x[None], None)
+        peer_out = peer.quantize(blocksize=128)
+        peer_w = (peer_out[0] if isinstance(peer_out, tuple) else layer.weight.data).float()
+        ours = gptq(weight, hessian_from_inputs(x), GPTQConfig(spec, damp=0.05, act_order="group"))
+        ratios.append(output_error(weight, ours.quantized.dequantize(), x) / output_error(weight, peer_w, x))
+    assert max(ratios) < 1.05
+    assert math.exp(sum(math.log(r) for r in ratios) / len(ratios)) <= 1.01
+
+
+def test_group_aware_order_keeps_groups_whole() -> None:
+    diag = torch.tensor([1.0, 5.0, 2.0, 9.0, 3.0, 0.5, 4.0])  # groups of 3: {0,1,2} {3,4,5} {6}
+    assert column_order(diag, 3, "group").tolist() == [3, 4, 5, 1, 2, 0, 6]
+    assert column_order(diag, 3, True).tolist() == [3, 1, 6, 4, 2, 0, 5]
+    assert column_order(diag, 3, False).tolist() == list(range(7))
 
 
 def test_rtn_search_with_hessian_sits_between_rtn_and_gptq() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -35,7 +36,12 @@ class GPTQConfig:
     """GPTQ settings (defaults are the reference's).
 
     damp: damping as a fraction of mean(diag H); raised ×10 up to `max_damp` if Cholesky fails.
-    block_size: columns per lazy batch. act_order: process columns by descending diag(H).
+    block_size: columns per lazy batch.
+    act_order: the order columns are rounded in. False: as stored. True: by descending diag(H) across the
+      whole row (the reference's act-order). "group" (default): groups stay whole and go by their largest
+      diag(H), columns inside a group by descending diag(H) (group-aware reordering, GAR; gptqmodel's default).
+      Each group still sees its most important inputs first, and no group is split across the row, so
+      dynamic group scales stay as good as in natural order. Storage never changes: no g_idx is needed.
     static_groups: fix every group's scale from the original weights before rounding.
     scale_search: pick each group's clip (when it is fixed) by diag(H)-weighted error, like RTNConfig.
     dtype: float32 or float64 arithmetic.
@@ -45,7 +51,7 @@ class GPTQConfig:
     damp: float = 0.01
     max_damp: float = 10.0
     block_size: int = 128
-    act_order: bool = False
+    act_order: bool | Literal["group"] = "group"
     static_groups: bool = False
     scale_search: bool = False
     search_grid: int = 16
@@ -57,6 +63,8 @@ class GPTQConfig:
         check_positive(self.max_damp, "GPTQ max damping")
         check_int_range(self.block_size, "GPTQ block size", 1)
         check_int_range(self.search_grid, "GPTQ scale search grid", 2, 4096)
+        if self.act_order not in (False, True, "group"):
+            raise ParameterError(f"GPTQ act_order must be False, True or 'group', got {self.act_order!r}")
         if self.dtype not in (torch.float32, torch.float64):
             raise ParameterError(f"GPTQ arithmetic must be torch.float32 or torch.float64, got {self.dtype}")
 
@@ -131,7 +139,7 @@ def gptq(
     if bool(dead.all()):
         raise ConvergenceError(f"{name}: Hessian is all zero; no calibration signal reached this layer")
     h.diagonal()[dead] = 1.0  # an input that never fired: its column is rounded plainly, no feedback needed
-    perm = torch.argsort(h.diagonal(), descending=True, stable=True) if config.act_order else torch.arange(cols)
+    perm = column_order(h.diagonal(), grid.group_len, config.act_order)
     inv_perm = torch.argsort(perm)
     w, h = w[:, perm], h[perm][:, perm]
     upper, level = damped_inverse_factor(h, config.damp, config.max_damp, name)
@@ -174,6 +182,22 @@ def gptq(
         if i2 < cols:
             w[:, i2:].addmm_(errors, upper[i1:i2, i2:], alpha=-1.0)
     return GPTQResult(grid.assemble(codes), float(loss), level, int(dead.sum()))
+
+
+def column_order(diag_h: torch.Tensor, group_len: int, act_order: bool | str) -> torch.Tensor:
+    """The order GPTQ rounds columns in (see GPTQConfig.act_order); ties keep storage order."""
+    cols = diag_h.numel()
+    if act_order is False:
+        return torch.arange(cols)
+    if act_order is True or group_len >= cols:
+        return torch.argsort(diag_h, descending=True, stable=True)
+    groups = -(-cols // group_len)
+    padded = torch.full((groups * group_len,), -math.inf, dtype=diag_h.dtype)
+    padded[:cols] = diag_h
+    values, inside = padded.view(groups, group_len).sort(dim=1, descending=True, stable=True)
+    group_rank = torch.argsort(values[:, 0], descending=True, stable=True)
+    order = (inside + torch.arange(groups).unsqueeze(1) * group_len)[group_rank].reshape(-1)
+    return order[order < cols]
 
 
 def _outlier_input(grid: GroupGrid, x: torch.Tensor, col: int) -> torch.Tensor:
