@@ -39,6 +39,7 @@ bench: venv
 	$(BIN)/python benchmarks/coding_speed.py --write
 	$(BIN)/python benchmarks/theory_speed.py --write
 	$(BIN)/python benchmarks/gptq_speed.py --write
+	$(BIN)/python benchmarks/peers_tensors.py --write
 
 # MiniLM and the causal testbed beside bitsandbytes and hqq (about half an hour on 2 cores)
 bench-models: venv
