@@ -10,6 +10,7 @@ stored fields. With no algorithm on top (`fit_static` then `round_all`) it repro
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +84,28 @@ class GroupGrid:
         codes = self.book.encode(shifted / safe)
         values = self.book.decode(codes, x.dtype) * scale
         return codes, (values if offset is None else values + offset)
+
+    def column_rounder(self, g: int, dtype: torch.dtype) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """`round` for single columns of group column g, with the group's scale and offset prepared once.
+
+        GPTQ rounds one column at a time, so per-call set-up dominates on small layers. Step (uniform) grids get
+        the same arithmetic as Codebook.encode/decode written out in place; codes come back as floats (exact).
+        """
+        s = self.scales[:, g].to(dtype).expand(self.rows).contiguous()
+        o = None if self.offsets is None else self.offsets[:, g].to(dtype).expand(self.rows).contiguous()
+        book = self.book
+        if book.step is None:
+            return lambda x: self.round(x, s, o)
+        safe = torch.where(s == 0, torch.ones_like(s), s)
+        lo, step, top = book.lo, book.step, float(book.size - 1)
+
+        def round_column(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            shifted = x / safe if o is None else (x - o).div_(safe)
+            codes = shifted.sub_(lo).div_(step).round_().clamp_(0.0, top)
+            values = (codes * step).add_(lo).mul_(s)
+            return codes, (values if o is None else values.add_(o))
+
+        return round_column
 
     def round_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Round the whole (rows, cols) tensor with the current scales; outliers come back exact."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -100,10 +101,11 @@ def damped_inverse_factor(h: torch.Tensor, damp: float, max_damp: float, name: s
     mean_diag = float(h.diagonal().mean())
     if not math.isfinite(mean_diag) or mean_diag <= 0:
         raise ConvergenceError(f"{name}: Hessian has no positive diagonal (mean {mean_diag}); no calibration signal")
-    eye = torch.eye(h.shape[0], dtype=h.dtype)
     level = damp
     while True:
-        chol, info = torch.linalg.cholesky_ex(h + (level * mean_diag) * eye)
+        damped = h.clone()
+        damped.diagonal().add_(level * mean_diag)
+        chol, info = torch.linalg.cholesky_ex(damped)
         if int(info) == 0:
             upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol), upper=True)
             if int(info) == 0 and bool(torch.isfinite(upper).all()):
@@ -157,30 +159,37 @@ def gptq(
 
     codes = torch.empty(rows, cols, dtype=torch.int64)
     loss = torch.zeros((), dtype=dtype)
+    order = perm.tolist()
+    rounders: dict[int, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {}
     for i1 in range(0, cols, config.block_size):
         i2 = min(i1 + config.block_size, cols)
-        block = w[:, i1:i2].clone()
-        errors = torch.zeros_like(block)
+        # Column-major copies of the lazy block: each column and each trailing update is one contiguous run.
+        block_t = w[:, i1:i2].T.contiguous()
+        diffs_t = torch.empty_like(block_t)  # x − q per column; the OBS error is that over [U]_ii
+        codes_t = torch.empty_like(block_t)
         u_block = upper[i1:i2, i1:i2]
+        d = u_block.diagonal()
+        u_scaled = u_block / d.unsqueeze(1)  # row i over [U]_ii: one outer product per column, no division
         for i in range(i2 - i1):
-            col = int(perm[i1 + i])
-            g = grid.group_of(col)
-            if not bool(grid.fixed[g]):
-                _fix_group(grid, g, w, block, errors, upper, inv_perm, i1, i, diag_h, config)
-            s, o = grid.column_scale(col)
-            x = block[:, i]
-            code, q = grid.round(_outlier_input(grid, x, col), s.to(dtype), None if o is None else o.to(dtype))
+            col = order[i1 + i]
+            g = col // grid.group_len
+            if g not in rounders:
+                if not bool(grid.fixed[g]):
+                    done = (diffs_t[:i] / d[:i, None]).T
+                    _fix_group(grid, g, w, block_t.T, done, upper, inv_perm, i1, diag_h, config)
+                rounders[g] = grid.column_rounder(g, dtype)
+            x = block_t[i]
+            code, q = rounders[g](_outlier_input(grid, x, col))
             if grid.outlier_mask is not None:
-                m = grid.outlier_mask[:, col]
-                q = torch.where(m, grid.outlier_values[:, col], q)  # type: ignore[index]
-            codes[:, col] = code.to(torch.int64)
-            d = u_block[i, i]
-            err = (x - q) / d
-            loss += (x - q).square().sum() / (2 * d * d)
-            block[:, i:].addr_(err, u_block[i, i:], alpha=-1.0)
-            errors[:, i] = err
+                q = torch.where(grid.outlier_mask[:, col], grid.outlier_values[:, col], q)  # type: ignore[index]
+            codes_t[i] = code
+            diff = torch.sub(x, q, out=diffs_t[i])
+            block_t[i + 1 :].addr_(u_scaled[i, i + 1 :], diff, alpha=-1.0)
+        errors_t = diffs_t.div_(d.unsqueeze(1))
+        loss += errors_t.square().sum() / 2
+        codes[:, perm[i1:i2]] = codes_t.T.to(torch.int64)
         if i2 < cols:
-            w[:, i2:].addmm_(errors, upper[i1:i2, i2:], alpha=-1.0)
+            w[:, i2:].addmm_(errors_t.T, upper[i1:i2, i2:], alpha=-1.0)
     return GPTQResult(grid.assemble(codes), float(loss), level, int(dead.sum()))
 
 
@@ -216,14 +225,13 @@ def _fix_group(
     upper: torch.Tensor,
     inv_perm: torch.Tensor,
     i1: int,
-    i: int,
     diag_h: torch.Tensor,
     config: GPTQConfig,
 ) -> None:
     """Fix group column g's scales from the current (error-corrected) values of its columns.
 
     None of its columns is rounded yet. Those inside the lazy block are up to date in `block`; those after it
-    still lack this block's first i corrections, which are applied here on the fly.
+    still lack the corrections of this block's columns rounded so far (`errors`), applied here on the fly.
     """
     cols = torch.arange(grid.cols)[grid.group_cols(g)]
     pos = inv_perm[cols]
@@ -233,7 +241,8 @@ def _fix_group(
     current[:, inside] = block[:, pos[inside] - i1]
     later = pos[~inside]
     if later.numel():
-        pending = errors[:, :i] @ upper[i1 : i1 + i, later] if i else 0.0
+        i = errors.shape[1]
+        pending = errors @ upper[i1 : i1 + i, later] if i else 0.0
         current[:, ~inside] = w[:, later] - pending
     mult: torch.Tensor | float = 1.0
     if config.scale_search:
