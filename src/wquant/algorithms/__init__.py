@@ -3,9 +3,11 @@
 >>> from wquant.algorithms import GPTQConfig, gptq, hessian_from_inputs, quantize_model_with
 >>> q = gptq(layer.weight, hessian_from_inputs(x), GPTQConfig("nf4/block64:absmax:fp32")).quantized
 >>> quantize_model_with(model, GPTQConfig("int4/block64:absmax:bf16"), batches)  # whole model, layer by layer
+>>> q = hqq(layer.weight, HQQConfig("int4:unsigned/block64:minmax:bf16"))  # data-free zero optimisation
 """
 
 from wquant.algorithms.gptq import DampingWarning, GPTQConfig, GPTQResult, gptq, hessian_from_inputs
+from wquant.algorithms.hqq import HQQConfig, hqq, shrink_lp
 from wquant.algorithms.nupes import (
     NUPESConfig,
     NUPESResult,
@@ -34,6 +36,7 @@ __all__ = [
     "DampingWarning",
     "GPTQConfig",
     "GPTQResult",
+    "HQQConfig",
     "LayerReport",
     "NUPESConfig",
     "NUPESResult",
@@ -42,6 +45,7 @@ __all__ = [
     "calibration_windows",
     "gptq",
     "hessian_from_inputs",
+    "hqq",
     "importance_weights",
     "learn_codes",
     "nupes",
@@ -52,4 +56,5 @@ __all__ = [
     "rtn",
     "search_exponent",
     "sentence_batches",
+    "shrink_lp",
 ]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from wquant.algorithms.gptq import GPTQConfig, gptq
+from wquant.algorithms.hqq import HQQConfig, hqq
 from wquant.algorithms.nupes import NUPESConfig, nupes, relative_error
 from wquant.algorithms.rtn import RTNConfig, rtn
 from wquant.errors import ParameterError, TensorError
@@ -27,9 +28,9 @@ from wquant.models.layers import QuantizedLinear, QuantizedWeight
 from wquant.models.quantize import QuantizeConfig, module_kind, set_submodule
 from wquant.validation import check_int_range
 
-AlgorithmConfig = RTNConfig | GPTQConfig | NUPESConfig
+AlgorithmConfig = RTNConfig | GPTQConfig | NUPESConfig | HQQConfig
 Batch = Mapping[str, torch.Tensor] | torch.Tensor
-ALGORITHMS = ("rtn", "rtn-search", "gptq", "nupes")
+ALGORITHMS = ("rtn", "rtn-search", "gptq", "nupes", "hqq")
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,11 @@ def quantize_layer(
     if isinstance(config, NUPESConfig):
         result = nupes(weight, config, hessian=hessian, name=name)
         return result.quantized, f"a={result.exponent:g}"
-    raise ParameterError(f"unknown algorithm config {type(config).__name__}; use RTNConfig, GPTQConfig or NUPESConfig")
+    if isinstance(config, HQQConfig):
+        return hqq(weight, config, name=name), ""
+    raise ParameterError(
+        f"unknown algorithm config {type(config).__name__}; use RTNConfig, GPTQConfig, NUPESConfig or HQQConfig"
+    )
 
 
 def quantize_model_with(
@@ -120,8 +125,8 @@ def quantize_model_with(
 
 
 def _uses_data(config: AlgorithmConfig) -> bool:
-    """Whether calibration inputs change the result (plain RTN and |w|-weighted search do not)."""
-    return not (isinstance(config, RTNConfig) and not config.needs_calibration)
+    """Whether calibration inputs change the result (plain RTN, |w|-weighted search and HQQ do not)."""
+    return not (isinstance(config, RTNConfig | HQQConfig) and not config.needs_calibration)
 
 
 def _linear_sites(model: nn.Module, selector: QuantizeConfig) -> list[tuple[str, str]]:
@@ -238,10 +243,15 @@ def _quantize_site(
 
 
 def algorithm_config(name: str, format: str | None = None, *, bits: int = 4, **options: Any) -> AlgorithmConfig:
-    """The config behind a CLI choice `--algorithm rtn|rtn-search|gptq|nupes` (format for rtn/gptq, bits for nupes)."""
+    """The config behind a CLI choice `--algorithm rtn|rtn-search|gptq|nupes|hqq` (format, or bits for nupes).
+
+    Without a format: int<bits> in blocks of 64 with bf16 absmax scales, or min/max scale + zero for hqq.
+    """
     key = name.strip().lower()
     if key not in ALGORITHMS:
         raise ParameterError(f"algorithm {name!r} unknown; valid: {', '.join(ALGORITHMS)}")
+    if key == "hqq":
+        return HQQConfig(format or f"int{bits}:unsigned/block64:minmax:bf16", **options)
     fmt = format or f"int{bits}/block64:absmax:bf16"
     if key == "rtn":
         return RTNConfig(fmt, search=False, **options)

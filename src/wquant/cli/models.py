@@ -93,8 +93,12 @@ def quantize_cmd(
     override: Overrides = None,
     target: Targets = None,
     exclude: Excludes = None,
-    algorithm: Annotated[str, typer.Option(help="rtn | rtn-search | gptq | nupes (Linear layers)")] = "rtn",
-    calib: Annotated[Path | None, typer.Option(help="calibration text for gptq / nupes / rtn-search")] = None,
+    algorithm: Annotated[
+        str, typer.Option(help="rtn | rtn-search | gptq | nupes | hqq (Linear layers; rtn and hqq are data-free)")
+    ] = "rtn",
+    calib: Annotated[
+        Path | None, typer.Option(help="calibration text for gptq / nupes / rtn-search (rtn and hqq ignore it)")
+    ] = None,
     nsamples: Annotated[int, typer.Option(help="calibration windows (causal LM) or paragraphs (encoder)")] = 128,
     seqlen: Annotated[int, typer.Option(help="tokens per calibration window")] = 512,
     seed: Annotated[int, typer.Option(help="seed of the calibration sampling")] = 0,
@@ -106,6 +110,7 @@ def quantize_cmd(
       wquant quantize ./my-llama -f nf4 --override 'lm_head=int8/channel:absmax:bf16' --out llama-nf4
       wquant quantize ./my-llama -f mxfp4 -o '*embed_tokens=none' -x '*.layers.0.*' --out llama-mx
       wquant quantize minilm -f int4/block64:absmax:bf16 --algorithm gptq --calib calib.txt --out minilm-gptq
+      wquant quantize minilm -f int4:unsigned/block64:minmax:bf16 --algorithm hqq --out minilm-hqq
     """
     from wquant.models import load_pretrained, model_bits, quantize_model, save_quantized
 
@@ -130,15 +135,21 @@ def _calibrated_quantize(
     loaded: Any, algorithm: str, fmt: str, calib: Path | None, nsamples: int, seqlen: int, seed: int,
     exclude: list[str] | None,
 ) -> None:  # fmt: skip
-    """Run a calibrated algorithm over the Linear layers (wquant.algorithms), in forward order."""
-    from wquant.algorithms import algorithm_config, calibration_windows, quantize_model_with, sentence_batches
+    """Run an algorithm over the Linear layers (wquant.algorithms), in forward order, calibrated when it uses data."""
+    from wquant.algorithms import (
+        HQQConfig,
+        algorithm_config,
+        calibration_windows,
+        quantize_model_with,
+        sentence_batches,
+    )
     from wquant.evaluate.text import read_paragraphs
     from wquant.formats import parse_spec
 
     spec = parse_spec(fmt)
     config = algorithm_config(algorithm, fmt, bits=getattr(spec.element, "bits", 4))
     batches = None
-    if calib is not None:
+    if calib is not None and not isinstance(config, HQQConfig):  # data-free: no calibration passes
         if loaded.task == "encoder":
             texts = read_paragraphs(calib, limit=nsamples)
             batches = sentence_batches(loaded.tokenizer, texts, max_length=min(seqlen, loaded.max_length))
