@@ -192,3 +192,12 @@ def test_bad_hessians_are_refused() -> None:
         gptq(weight, torch.eye(15))
     with pytest.raises(TensorError, match="NaN"):
         hessian_from_inputs(torch.tensor([[float("nan"), 1.0]]))
+
+
+def test_gptq_entropy_codes_its_codes() -> None:
+    weight, x = correlated_layer(64, 128, 1024, seed=8)
+    result = gptq(weight, hessian_from_inputs(x), GPTQConfig("int4/block64:absmax:bf16+coded")).quantized
+    assert result.payload is not None and result.bit_breakdown()["codes"] == 8 * len(result.payload)
+    assert result.bit_breakdown()["codes"] < 4 * weight.numel()  # Gaussian codes carry < 4 bits of entropy
+    back = type(result).from_bytes(result.to_bytes(), result.spec, result.shape, result.dtype)
+    assert torch.equal(back.dequantize(), result.dequantize())

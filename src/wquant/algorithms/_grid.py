@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from wquant.errors import TensorError
 from wquant.formats import Codebook, FormatSpec, QuantizedTensor, float_format, parse_spec, quantize
+from wquant.formats.coding import encode_codes
 
 
 @dataclass(eq=False)
@@ -160,13 +161,16 @@ class GroupGrid:
         return F.pad(x, (0, pad)).reshape(self.rows, self.groups, self.group_len).sum(dim=-1)
 
     def assemble(self, codes: torch.Tensor) -> QuantizedTensor:
-        """The stored tensor from (rows, cols) codes and the current scales."""
+        """The stored tensor from (rows, cols) codes and the current scales (entropy-coded when the spec says so)."""
         if not bool(self.fixed.all()):
             raise AssertionError("every group's scale must be fixed before assembling")
+        flat = codes.reshape(-1).to(self.book.code_dtype()).contiguous()
+        coding = self.spec.coding
+        payload = None if coding is None else encode_codes(flat.numpy(), group_size=coding.group_size)
         return QuantizedTensor(
-            self.spec, self.shape, self.dtype, codes.reshape(-1).to(self.book.code_dtype()).contiguous(),
+            self.spec, self.shape, self.dtype, flat,
             self.scale_codes.copy(), None if self.offset_codes is None else self.offset_codes.copy(),
-            self.tensor_scale, self.table, self.outlier_index, self.outlier_codes,
+            self.tensor_scale, self.table, self.outlier_index, self.outlier_codes, payload,
         )  # fmt: skip
 
 
