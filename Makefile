@@ -41,10 +41,12 @@ bench: venv
 	$(BIN)/python benchmarks/gptq_speed.py --write
 	$(BIN)/python benchmarks/peers_tensors.py --write
 
-# MiniLM and the causal testbed beside bitsandbytes and hqq (about half an hour on 2 cores)
+# MiniLM and the causal testbed, wquant (RTN, coded, GPTQ, NUPES, Fisher allocation) beside bitsandbytes, hqq,
+# torchao and optimum-quanto: about an hour on a shared 2-core machine; rows are cached in ~/.cache/wquant/bench-models
+# (--fresh recomputes), `--quick` is a few-minute smoke run
 bench-models: venv
 	$(BIN)/python -m pip install -q -e ".[dev,bench]" $(TORCH)
-	$(BIN)/python benchmarks/models.py
+	nice -n 10 $(BIN)/python benchmarks/models.py --paragraphs 300
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
