@@ -35,7 +35,7 @@ from _common import machine_line, median_time, replace_section  # noqa: E402
 from _peers import CODECS, PEERS, peer_status, peer_version  # noqa: E402
 
 from wquant.errors import WquantError  # noqa: E402
-from wquant.formats import quantize  # noqa: E402
+from wquant.formats import QuantizedTensor, quantize  # noqa: E402
 from wquant.formats.budget import quantize_to_budget  # noqa: E402
 from wquant.formats.compare import sample_source, standard_formats  # noqa: E402
 from wquant.limits import gaussian_distortion_rate  # noqa: E402
@@ -53,6 +53,9 @@ EXTRA_FORMATS = [
     "int{b}:unsigned/block128:minmax:bf16",
     "int{b}:unsigned/block64:minmax:fp16",
     "int{b}:unsigned/block64:minmax:fp32",
+    "crd-normal:{b}/block64:absmax:ue4m3",
+    "nf4/block64:absmax:ue4m3",
+    "sf4/block64:absmax:ue4m3",
     "nf4/block128:absmax:fp32",
     "e2m1/block64:absmax:fp32",
     "af4",
@@ -130,7 +133,11 @@ def run_quality(
     coded_rates: list[float],
     fixed_bits: list[int],
     status: dict[str, str | None],
+    previous: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Every peer setting, then wquant's formats and coded budgets; wquant rows found in `previous` (a result
+    of an earlier run on the same source and wquant revision) are reused instead of re-run."""
+    reuse = {p["spec"]: p for p in previous["wquant"]} if previous else {}
     res: dict[str, Any] = {
         "source": source,
         "tensors": len(tensors),
@@ -166,6 +173,9 @@ def run_quality(
         return fn
 
     for family, spec in wquant_specs(fixed_bits):
+        if spec in reuse:
+            res["wquant"].append(reuse[spec])
+            continue
         try:
             row = aggregate(tensors, run_spec(spec))
         except WquantError as exc:
@@ -183,6 +193,9 @@ def run_quality(
 
     rates = sorted({round(r, 6) for r in coded_rates} | {round(p["bits"], 6) for p in res["peers"]})
     for rate in rates:
+        if f"uniform@{rate:g}/tensor:rms:bf16+coded" in reuse:
+            res["wquant"].append(reuse[f"uniform@{rate:g}/tensor:rms:bf16+coded"])
+            continue
         try:
             row = aggregate(tensors, run_budget(rate))
         except WquantError as exc:
@@ -199,21 +212,25 @@ def run_quality(
 
 def bits_for(points: list[dict], distortion: float) -> tuple[float, bool]:
     """Fewest bits at which some wquant family reaches `distortion`: each family's points are joined by
-    straight lines in (bits, log D); a crossing inside a segment is interpolated, no family is extrapolated.
+    straight lines (in log D for the coded grid, in D for fixed-rate formats); a crossing inside a segment is
+    interpolated, no family is extrapolated.
     Returns (bits, upper_bound): upper_bound is True when the answer is a family's lowest-rate point that is
     already better than `distortion` (wquant may need fewer bits still); (nan, False) when no point is as good."""
     best, bound = math.inf, False
     families: dict[str, list[dict]] = {}
     for p in points:
         families.setdefault(p["family"], []).append(p)
-    target = math.log(distortion)
     for fam in families.values():
         fam = sorted(fam, key=lambda p: p["bits"])
         for i, p in enumerate(fam):
             if p["rel_mse"] <= distortion and p["bits"] < best:
                 best, bound = p["bits"], i == 0 and p["rel_mse"] < distortion
+        # a coded grid meets any budget, so its curve is continuous and log D is interpolated; between two
+        # fixed-rate formats only a split of the rows between them is achievable: D is linear in the bits
+        scale = math.log if fam[0]["coded"] else float
+        target = scale(distortion)
         for lo, hi in zip(fam, fam[1:], strict=False):
-            d0, d1 = math.log(lo["rel_mse"]), math.log(hi["rel_mse"])
+            d0, d1 = scale(lo["rel_mse"]), scale(hi["rel_mse"])
             if d0 > target >= d1:
                 b = lo["bits"] + (hi["bits"] - lo["bits"]) * (d0 - target) / (d0 - d1)
                 if b < best:
@@ -253,6 +270,12 @@ def analyse(res: dict[str, Any]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- speed
 
 
+def load_from_bytes(q: QuantizedTensor, blob: bytes) -> torch.Tensor:
+    """ŵ from q's packed stream `blob` (bit-unpacking or ANS decoding included): bnb, hqq and quanto dequantize
+    from packed codes too, while `QuantizedTensor.dequantize` starts from codes already held one per byte."""
+    return QuantizedTensor.from_bytes(blob, q.spec, q.shape, q.dtype).dequantize()
+
+
 def run_speed(side: int, repeats: int) -> dict[str, Any]:
     x = sample_source("normal", side * side, seed=0).reshape(side, side)
     n = x.numel() / 1e6
@@ -269,6 +292,8 @@ def run_speed(side: int, repeats: int) -> dict[str, Any]:
         else:
             row["q"] = n / median_time(lambda spec=spec: quantize(x, spec), repeats)[0]
             row["d"] = n / median_time(q.dequantize, repeats)[0]
+            blob = q.to_bytes()
+            row["load"] = n / median_time(lambda q=q, blob=blob: load_from_bytes(q, blob), repeats)[0]
         if status[library] is None:
             stored = peer_q(x)
             row["peer_q"] = n / median_time(lambda peer_q=peer_q: peer_q(x), repeats)[0]
@@ -277,12 +302,14 @@ def run_speed(side: int, repeats: int) -> dict[str, Any]:
         rows.append(row)
         print(row, flush=True)
     coded = quantize_to_budget(x, CODED, 4.5)
+    coded_blob = coded.to_bytes()
     coded_row = {
         "spec": f"uniform@4.5/tensor:rms:bf16+coded → {coded.spec.to_string()}",
         "bits": coded.bits_per_param(),
         "err": float((coded.dequantize() - x).square().sum() / x.square().sum()),
         "q": n / median_time(lambda: quantize_to_budget(x, CODED, 4.5), repeats)[0],
         "d": n / median_time(coded.dequantize, repeats)[0],
+        "load": n / median_time(lambda: load_from_bytes(coded, coded_blob), repeats)[0],
     }
     print(coded_row, flush=True)
     return {
@@ -353,8 +380,11 @@ def quality_body(results: dict[str, Any]) -> str:
         f"![distortion vs bits/param](benchmarks/figures/{FIGURE.name})",
         "",
         "**Bits saved at equal distortion** = peer bits/param − the bits wquant needs for the peer's distortion, "
-        "read off wquant's lower envelope (each format family's points joined in log distortion vs bits; no "
-        "extrapolation). *All wquant* includes the entropy-coded uniform grid (`+coded`, ANS); *fixed-rate* "
+        "read off wquant's lower envelope (each format family's points joined by straight lines, no extrapolation: "
+        "in log distortion vs bits for the coded grid, which meets any budget and was also run at every peer's "
+        "exact bits; in distortion vs bits for fixed-rate formats, which is what splitting a tensor's rows "
+        "between two neighbouring formats achieves). *All wquant* includes the entropy-coded uniform grid "
+        "(`+coded`, ANS); *fixed-rate* "
         f"excludes it. Target: ≥ {TARGET_SAVED} bit/param against the best peer (the peer point where wquant "
         "saves least).",
         "",
@@ -423,7 +453,15 @@ def quality_body(results: dict[str, Any]) -> str:
     errors = [f"{SOURCES[s]}: {e}" for s in present for e in results[s]["errors"]]
     if errors:
         lines += ["", "Did not run: " + "; ".join(errors) + "."]
-    lines += ["", meta["notes"]]
+    lines += [
+        "",
+        "Reading these numbers: the distortion is weight MSE, not model output quality (the Models section "
+        "measures that). The saving comes mostly from the entropy-coded grid, which has to be ANS-decoded "
+        "when the weights are loaded (its speed is in the next section); the fixed-rate "
+        "columns compare formats that dequantize with a table look-up and a scale, as the peers' do.",
+        "",
+        meta["notes"],
+    ]
     return "\n".join(lines)
 
 
@@ -436,12 +474,15 @@ def speed_body(speed: dict[str, Any], status: dict[str, str | None]) -> str:
         "group/block-64 format beside wquant's nearest format (the same layout where one exists; wquant has no "
         "hqq-style optimizer, so hqq is paired with plain min/max RTN and its quantize time includes 20 solver "
         "iterations). auto-round's `quant_tensor_asym` returns ŵ directly, so that row times quantize + "
-        "dequantize on both sides. `benchmarks/formats_speed.py` (Format speed) has the bnb NF4 comparison "
-        "with the same method.",
+        "dequantize on both sides. *Dequantize*: wquant from the codes a `QuantizedTensor` holds after "
+        "quantize (one per byte) against the peer from what it stores (bnb, hqq, quanto: packed codes; torchao: "
+        "one int8 per code); *from packed bytes*: wquant's `QuantizedTensor.from_bytes(...).dequantize()` on its "
+        "exact-size stream, the like-for-like with the packed peers. `benchmarks/formats_speed.py` (Format "
+        "speed) has the bnb NF4 comparison with the same method (two threads).",
         "",
         "| peer format | wquant format | bits/param (wquant) | rel. MSE (wquant) | quantize M el/s: wquant / peer "
-        "= ratio | dequantize M el/s: wquant / peer = ratio |",
-        "|---|---|---:|---:|---:|---:|",
+        "= ratio | dequantize M el/s: wquant / peer = ratio | wquant from packed bytes M el/s / peer = ratio |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in speed["rows"]:
         q = f"{r['q']:.0f} / {r['peer_q']:.1f} = **{r['q'] / r['peer_q']:.2f}×**" if "peer_q" in r else f"{r['q']:.0f}"
@@ -451,13 +492,20 @@ def speed_body(speed: dict[str, Any], status: dict[str, str | None]) -> str:
             d = f"{r['d']:.0f} / {r['peer_d']:.0f} = **{r['d'] / r['peer_d']:.2f}×**"
         else:
             d = f"{r['d']:.0f}"
-        lines.append(f"| {r['peer']} | `{r['spec']}` | {r['bits']:.3f} | {fmt_mse(r['err'])} | {q} | {d} |")
+        if "load" not in r:
+            load = "–"
+        elif "peer_d" in r:
+            load = f"{r['load']:.0f} / {r['peer_d']:.0f} = **{r['load'] / r['peer_d']:.2f}×**"
+        else:
+            load = f"{r['load']:.0f}"
+        lines.append(f"| {r['peer']} | `{r['spec']}` | {r['bits']:.3f} | {fmt_mse(r['err'])} | {q} | {d} | {load} |")
     c = speed["coded"]
     lines += [
         "",
         f"The entropy-coded format that carries the quality gains is slower: `{c['spec']}` "
         f"({c['bits']:.3f} bits/param, rel. MSE {fmt_mse(c['err'])}) quantizes at {c['q']:.1f} M el/s "
-        f"(budget search: every trial quantizes and ANS-codes the tensor) and dequantizes at {c['d']:.0f} M el/s.",
+        f"(budget search: every trial quantizes and ANS-codes the tensor), dequantizes held codes at {c['d']:.0f} "
+        f"M el/s and loads from its packed bytes (ANS decoding included) at {c['load']:.0f} M el/s.",
     ]
     return "\n".join(lines)
 
@@ -504,10 +552,10 @@ def figure(results: dict[str, Any], path: Path) -> None:
                     xs, ys, color=color, marker=marker, s=36, edgecolor="k", linewidth=0.4, label=label, zorder=4
                 )
         if source == "normal":
-            r = np.linspace(1.5, 9, 100)
+            r = np.linspace(1, 9, 100)
             ax.plot(r, gaussian_distortion_rate(r), "k--", lw=1, label="Gaussian D(R) = 2^(−2R)")
         ax.set_yscale("log")
-        ax.set_xlim(1.4, 9.2)
+        ax.set_xlim(0.9, 9.2)
         ax.set_title(f"{SOURCES[source]} ({res['numel']:,} params)")
         ax.set_xlabel("all-in bits/param")
         ax.set_ylabel("relative MSE Σ(w−ŵ)²/Σw²")
@@ -536,6 +584,9 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--results", type=Path, default=RESULTS, help="JSON with the raw numbers (read/written)")
     parser.add_argument("--render-only", action="store_true", help="tables and figure from --results, no runs")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep wquant rows already in --results (same wquant revision)"
+    )
     parser.add_argument("--write", action="store_true", help="update both sections of BENCHMARKS.md and the figure")
     args = parser.parse_args()
     if args.quick and args.write:
@@ -547,12 +598,16 @@ def main() -> None:
     if not args.render_only:
         if not args.skip_quality:
             torch.set_num_threads(args.threads)
+            same_wquant = results.get("meta", {}).get("wquant") == wquant_line()
+            if args.reuse and not same_wquant:
+                print("--reuse ignored: the cached rows were measured on another wquant revision", flush=True)
             rates = [2, 3, 4, 5] if args.quick else CODED_RATES
             fixed = [3, 4] if args.quick else FIXED_BITS
             for source in args.sources.split(","):
                 tensors = load_source(source, side, 6 if args.quick else None)
                 print(f"{SOURCES[source]}: {len(tensors)} tensor(s), {sum(w.numel() for w in tensors.values()):,}")
-                results[source] = run_quality(source, tensors, rates, fixed, status)
+                previous = results.get(source) if args.reuse and same_wquant else None
+                results[source] = run_quality(source, tensors, rates, fixed, status, previous)
             results["meta"] = {
                 "machine": machine_line(),
                 "torch": torch.__version__,
@@ -565,7 +620,7 @@ def main() -> None:
                 "are skipped where it is absent. Its `quant_tensor_asym` is plain RTN (SignRound tuning needs "
                 "calibration data and is not a tensor-level call). Seconds per source: "
                 + ", ".join(f"{SOURCES[s]} {results[s]['seconds']:.0f}" for s in SOURCES if s in results)
-                + ".",
+                + (" (rows from an earlier run on the same wquant revision were reused)." if args.reuse else "."),
             }
         if not args.skip_speed:
             torch.set_num_threads(args.speed_threads)
