@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from scipy import stats
 
-from wquant.errors import SpecError
+from wquant.errors import ParameterError, SpecError
 from wquant.formats.codebook import Codebook
 from wquant.formats.floats import FloatFormat
 from wquant.formats.lloyd_max import lloyd_max_levels
@@ -282,6 +282,9 @@ class LloydMaxGrid:
 
     def fit(self, values: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
         """The stored table (fp32 levels) for scaled data `values`."""
+        if np.size(values) < 2**self.bits:
+            raise ParameterError(f"lloydmax:{self.bits} fits {2**self.bits} levels but the tensor has only "
+                                 f"{np.size(values)} values; use fewer bits or a fixed grid")  # fmt: skip
         return lloyd_max_levels(values, 2**self.bits, weights).astype(np.float32)
 
     def codebook_from_table(self, table: np.ndarray) -> Codebook:
