@@ -19,6 +19,7 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,25 +66,34 @@ def exponents(reports: list[Any]) -> str:
     return f"a ∈ [{min(found):.2f}, {max(found):.2f}], median {statistics.median(found):.2f}"
 
 
+def sweep(label: str, reference: torch.nn.Module, batches: list[Any], bits_list: list[int], steps: int,
+          evaluate: Callable[[torch.nn.Module], dict[str, float]]) -> list[dict[str, Any]]:  # fmt: skip
+    """Quantize a copy of `reference` with every method at every bit width and evaluate it."""
+    rows = []
+    for bits in bits_list:
+        for name, config in configs(bits, steps).items():
+            model = copy.deepcopy(reference)
+            start = time.perf_counter()
+            reports = quantize_model_with(model, config, batches)
+            seconds = time.perf_counter() - start
+            row = {"model": label, "bits": bits, "method": name, **evaluate(model), "bpp": layer_bits(model),
+                   "seconds": seconds, "note": exponents(reports)}  # fmt: skip
+            print(row, flush=True)
+            rows.append(row)
+    return rows
+
+
 def run_minilm(bits_list: list[int], ncal: int, neval: int, steps: int) -> list[dict[str, Any]]:
     loaded = load_pretrained("minilm")
     paragraphs = read_paragraphs(CALIB, limit=400)
     sentences = [s.strip() + " ." for p in paragraphs for s in p.split(" . ") if len(s) > 40][:ncal]
     batches = sentence_batches(loaded.tokenizer, sentences, batch_size=32, max_length=64)
     texts = read_paragraphs(EVAL, limit=neval)
-    rows = []
-    for bits in bits_list:
-        for name, config in configs(bits, steps).items():
-            model = copy.deepcopy(loaded.model)
-            start = time.perf_counter()
-            reports = quantize_model_with(model, config, batches)
-            seconds = time.perf_counter() - start
-            cmp = compare_encoders(loaded.model, model, loaded.tokenizer, texts, max_length=128)
-            row = {"model": "MiniLM", "bits": bits, "method": name, "metric": cmp.mean_cosine,
-                   "bpp": layer_bits(model), "seconds": seconds, "note": exponents(reports)}  # fmt: skip
-            print(row, flush=True)
-            rows.append(row)
-    return rows
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        return {"metric": compare_encoders(loaded.model, model, loaded.tokenizer, texts, max_length=128).mean_cosine}
+
+    return sweep("MiniLM", loaded.model, batches, bits_list, steps, evaluate)
 
 
 def run_testbed(bits_list: list[int], nwindows: int, steps: int) -> list[dict[str, Any]]:
@@ -93,20 +103,12 @@ def run_testbed(bits_list: list[int], nwindows: int, steps: int) -> list[dict[st
     full = read_text(SHAKESPEARE)
     batches = calibration_windows(loaded.tokenizer, full[: len(full) - len(heldout)], nsamples=nwindows,
                                   seqlen=WINDOW, seed=0)  # fmt: skip
-    rows = []
-    for bits in bits_list:
-        for name, config in configs(bits, steps).items():
-            model = copy.deepcopy(loaded.model)
-            start = time.perf_counter()
-            reports = quantize_model_with(model, config, batches)
-            seconds = time.perf_counter() - start
-            cmp = compare_causal(loaded.model, model, loaded.tokenizer, heldout, window=WINDOW)
-            row = {"model": "testbed", "bits": bits, "method": name, "metric": cmp.kl,
-                   "ppl": cmp.quantized.perplexity, "ref_ppl": cmp.reference.perplexity,
-                   "bpp": layer_bits(model), "seconds": seconds, "note": exponents(reports)}  # fmt: skip
-            print(row, flush=True)
-            rows.append(row)
-    return rows
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        cmp = compare_causal(loaded.model, model, loaded.tokenizer, heldout, window=WINDOW)
+        return {"metric": cmp.kl, "ppl": cmp.quantized.perplexity, "ref_ppl": cmp.reference.perplexity}
+
+    return sweep("testbed", loaded.model, batches, bits_list, steps, evaluate)
 
 
 def table(minilm: list[dict[str, Any]], testbed: list[dict[str, Any]], args: argparse.Namespace) -> str:
