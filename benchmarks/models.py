@@ -24,8 +24,8 @@ default mapping), optimum-quanto `quantize(model, weights=qint4 / qint2); freeze
 fixed step in RMS units (`uniform<step>/...+coded`: its bits follow from the step; a `uniform@<bits>` budget spec
 cannot go through the algorithms yet, see the notes), Fisher bit allocation to a budget (`wquant.allocation`:
 estimate_fisher → measure_candidates → allocate → apply_plan, the functions `advise` and `wquant study` compose), and
-the Fisher plan quantized with GPTQ instead of RTN (each run of consecutive Linear layers with one planned format goes
-through `quantize_model_with(GPTQConfig(spec), include=...)` in forward order).
+the Fisher plan quantized with GPTQ instead of RTN. Data-driven algorithms run one `quantize_model_with` call per
+Linear layer in forward order (`layer_by_layer`: one shared call mis-groups layers on the testbed, see there).
 
 Bits rule (the x axis, "bits/weight"): all-in stored bits of the Linear weights divided by their element count,
 the same tensors for every system. wquant: `QuantizedTensor.bits()` through `wquant.models.model_bits` (codes,
@@ -292,13 +292,26 @@ def _rtn(spec: str) -> Callable[[Context], nn.Module]:
     return lambda ctx: quantize_model(copy.deepcopy(ctx.model), QuantizeConfig(spec, targets=("linear",)))
 
 
+def layer_by_layer(model: nn.Module, config_of: Callable[[str], Any], batches: list[Any]) -> nn.Module:
+    """`quantize_model_with` once per Linear layer, in forward order, each call on the model as quantized so far.
+
+    Why not one call: its sequential walk lets layers "fed the very same tensor" share one Hessian and recognises
+    them by the input's data pointer and shape; on the Llama testbed a freed activation's memory is reused by the
+    next same-shaped input, so o_proj sometimes joins gate/up (which then get o_proj's Hessian), and results vary
+    from run to run (wquant bug, reported). One layer per call keeps every Hessian the layer's own; q/k/v get three
+    identical Hessians instead of one shared, so the result is what a correct shared pass would give.
+    """
+    from wquant.algorithms import quantize_model_with
+
+    for path in _linear_paths(model):
+        quantize_model_with(model, config_of(path), batches, include=(glob.escape(path),))
+    return model
+
+
 def _algorithm(make_config: Callable[[], Any]) -> Callable[[Context], nn.Module]:
     def build(ctx: Context) -> nn.Module:
-        from wquant.algorithms import quantize_model_with
-
-        model = copy.deepcopy(ctx.model)
-        quantize_model_with(model, make_config(), ctx.batches())
-        return model
+        config = make_config()
+        return layer_by_layer(copy.deepcopy(ctx.model), lambda _path: config, ctx.batches())
 
     return build
 
@@ -344,19 +357,11 @@ def _fisher(bits_per_weight: float, candidates: tuple[tuple[str, ...], tuple[flo
 
 def _fisher_gptq(bits_per_weight: float) -> Callable[[Context], nn.Module]:
     def build(ctx: Context) -> nn.Module:
-        from wquant.algorithms import GPTQConfig, quantize_model_with
+        from wquant.algorithms import GPTQConfig
 
         plan = ctx.linear_budget_plan(bits_per_weight, *INT_CANDIDATES)
         spec_of = {t.module: t.spec for t in plan.tensors}
-        model = copy.deepcopy(ctx.model)
-        runs: list[tuple[str, list[str]]] = []
-        for path in _linear_paths(model):  # forward order; q/k/v with one spec stay together (shared Hessian)
-            if runs and runs[-1][0] == spec_of[path]:
-                runs[-1][1].append(path)
-            else:
-                runs.append((spec_of[path], [path]))
-        for spec, paths in runs:
-            quantize_model_with(model, GPTQConfig(spec), ctx.batches(), include=tuple(glob.escape(p) for p in paths))
+        model = layer_by_layer(copy.deepcopy(ctx.model), lambda path: GPTQConfig(spec_of[path]), ctx.batches())
         if model_bits(model).bits != plan.total_bits:
             raise RuntimeError(f"Fisher+GPTQ stored {model_bits(model).bits} bits, the plan {plan.total_bits}")
         return model
