@@ -155,3 +155,44 @@ def test_minilm_whole_model_gptq_and_nupes_beat_rtn(bits: int) -> None:
         "nupes": NUPESConfig(bits=bits, scaling="block64:absmax:bf16", steps=10),
     })  # fmt: skip
     assert cos["gptq"] > cos["rtn"] and cos["nupes"] > cos["rtn"], cos
+
+
+class _SameMemoryTwice(nn.Module):
+    """Two same-shaped layers whose inputs share an address but not their values.
+
+    `in_place`: one buffer overwritten between the layers. Otherwise the first input is freed before the second
+    is made, so the allocator may hand the second the same memory (as it did to o_proj and gate/up in a Llama block).
+    """
+
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.first, self.second = nn.Linear(24, 24), nn.Linear(24, 24)
+        self.in_place = in_place
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x * 1.0
+        y = self.first(h)
+        if self.in_place:
+            h.mul_(-2.0).add_(torch.linspace(-1, 1, h.shape[-1]))
+        else:
+            del h
+            h = x * -2.0 + torch.linspace(-1, 1, x.shape[-1])
+        return y + self.second(h)
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_layers_at_one_address_with_different_inputs_keep_their_own_hessians(in_place: bool) -> None:
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(64, 24, generator=gen) for _ in range(3)]
+    config = GPTQConfig("int3/block8:absmax:bf16")
+    shared = _SameMemoryTwice(in_place)
+    reports = quantize_model_with(shared, config, batches)
+    alone = _SameMemoryTwice(in_place)  # oracle: each layer in a call of its own, so no grouping can happen
+    for name in ("first", "second"):
+        quantize_model_with(alone, config, batches, include=(name,))
+    assert [r.name for r in reports] == ["first", "second"]
+    for name in ("first", "second"):
+        got = shared.get_submodule(name).weight
+        want = alone.get_submodule(name).weight
+        assert torch.equal(got, want), name

@@ -173,11 +173,21 @@ def _execution_order(model: nn.Module, sites: list[tuple[str, str]], batch: Batc
     return seen
 
 
+def _identity(x: torch.Tensor) -> tuple[Any, ...]:
+    """What makes two layer inputs "the very same tensor": same memory, same view, and no write in between.
+
+    The caller keeps the first tensor alive, so its memory cannot be recycled for another activation of the
+    same shape (the allocator does that readily: on a Llama block o_proj's input was freed and reused for
+    gate/up's); the version counter catches a buffer overwritten in place between two layers.
+    """
+    return (x.data_ptr(), tuple(x.shape), x.stride(), x._version)
+
+
 def _calibrate(model: nn.Module, pending: list[str], batches: list[Batch]) -> tuple[list[str], torch.Tensor, int]:
     """Hessian of the first pending layer (and of layers fed the same tensor), cutting each pass after it."""
     target = pending[0]
     group = [target]
-    state: dict[str, Any] = {"sum": None, "tokens": 0, "key": None, "mask": None}
+    state: dict[str, Any] = {"sum": None, "tokens": 0, "key": None, "mask": None, "input": None}
 
     def accumulate(path: str, x: torch.Tensor) -> None:
         mask = state["mask"]
@@ -195,9 +205,10 @@ def _calibrate(model: nn.Module, pending: list[str], batches: list[Batch]) -> tu
     def make_hook(path: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
         def hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
             x = args[0]
-            key = (x.data_ptr(), tuple(x.shape))
+            key = _identity(x)
             if path == target:
                 state["key"] = key
+                state["input"] = x  # held so its memory cannot be reused by a later, different activation
                 accumulate(path, x)
             elif state["key"] is not None:
                 if key == state["key"]:
@@ -212,7 +223,7 @@ def _calibrate(model: nn.Module, pending: list[str], batches: list[Batch]) -> tu
     try:
         with torch.no_grad():
             for batch in batches:
-                state["key"] = None
+                state["key"] = state["input"] = None
                 state["mask"] = batch.get("attention_mask") if isinstance(batch, Mapping) else None
                 _run(model, batch)
     finally:
