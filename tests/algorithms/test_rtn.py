@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from algo_helpers import correlated_layer
 
-from wquant.algorithms import RTNConfig, rtn
+from wquant.algorithms import RTNConfig, hessian_from_inputs, rtn
 from wquant.algorithms._grid import prepare
 from wquant.errors import ParameterError, TensorError
 from wquant.formats import quantize
@@ -102,3 +103,12 @@ def test_bad_inputs() -> None:
         rtn(torch.full((4, 64), float("nan")))
     with pytest.raises(ParameterError, match="lo < hi"):
         RTNConfig(lo=1.5, hi=1.0)
+
+
+def test_clip_search_on_an_unbounded_uniform_grid_is_refused() -> None:
+    # on a uniform grid a smaller multiplier is just a finer step: the search would always pick its lower end
+    weight, x = correlated_layer(64, 256, 1024, seed=12)
+    with pytest.raises(ParameterError, match="no clip to search"):
+        RTNConfig("uniform@3/tensor:rms:bf16+coded", search=True)
+    got = rtn(weight, RTNConfig("uniform@3/tensor:rms:bf16+coded", search=False), hessian=hessian_from_inputs(x))
+    assert 0.99 * 3 <= got.bits_per_param() <= 3

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wquant.errors import TensorError
+from wquant.errors import BudgetError, ParameterError, TensorError
 from wquant.formats import Codebook, FormatSpec, QuantizedTensor, float_format, parse_spec, quantize
 from wquant.formats.coding import encode_codes
+from wquant.formats.grids import UniformGrid
 
 
 @dataclass(eq=False)
@@ -208,10 +210,11 @@ def prepare(weight: torch.Tensor, spec: FormatSpec | str, *, dtype: torch.dtype 
     """A GroupGrid for `weight` with outliers extracted and static scales from the weight itself.
 
     Data-dependent (Lloyd–Max) tables and narrow-scale tensor factors are fitted once here, on the original
-    weight, and stay fixed while an algorithm moves codes and group scales.
+    weight, and stay fixed while an algorithm moves codes and group scales. So is the step of a coded budget
+    spec (`uniform@3.5/...+coded`): the algorithm's codes then cost about, not exactly, the budget.
     """
-    spec = parse_spec(spec)
-    reference = quantize(weight, spec)  # validates the tensor; gives table, outliers and tensor factor
+    reference = quantize(weight, parse_spec(spec))  # validates the tensor; gives table, outliers and tensor factor
+    spec = reference.spec  # a budget spec (uniform@3.5) comes back with its step resolved on this weight
     work_dtype = dtype or compute_dtype(weight.dtype)
     w2d = as_2d(weight.detach()).to(work_dtype)
     rows, cols = w2d.shape
@@ -270,3 +273,68 @@ def check_hessian(hessian: object, cols: int, name: str) -> torch.Tensor:
         raise TensorError(f"{name}: Hessian must be ({cols}, {cols}) for a weight with {cols} inputs, "
                           f"got {tuple(h.shape)}")  # fmt: skip
     return h
+
+
+Solved = TypeVar("Solved")
+BUDGET_TOLERANCE = 0.01  # an algorithm at a budget lands in [target·(1 − tol), target]
+BUDGET_SOLVES = 8
+
+
+def is_budget_spec(spec: FormatSpec) -> bool:
+    """A coded uniform grid given as a bits/param budget (`uniform@3.5/...+coded`) rather than a step."""
+    return isinstance(spec.element, UniformGrid) and spec.element.target_bits is not None
+
+
+def solve_at_budget(
+    weight: torch.Tensor,
+    spec: FormatSpec,
+    solve: Callable[[FormatSpec], Solved],
+    stored: Callable[[Solved], QuantizedTensor],
+    *,
+    name: str,
+) -> Solved:
+    """Run `solve` on step specs until its coded size meets the budget of a `uniform@<bits>` spec.
+
+    An algorithm that moves codes (GPTQ spreads them) changes their entropy, so the step that meets the budget
+    under plain rounding misses it by up to ~5 % after the algorithm. Start from that step and take secant
+    steps on (log step, bits): at high rate bits fall by one per doubling of the step, so 2–3 solves usually
+    land within BUDGET_TOLERANCE. Returns the largest result not over the budget.
+    """
+    target = spec.element.target_bits  # type: ignore[union-attr]
+    floor = target * (1 - BUDGET_TOLERANCE)
+    aim = target * (1 - BUDGET_TOLERANCE / 2)
+    log_step = math.log2(quantize(weight, spec).spec.element.step)  # type: ignore[union-attr]
+    best: tuple[float, Solved] | None = None
+    tried: list[tuple[float, float]] = []
+    for _ in range(BUDGET_SOLVES):
+        step = float(f"{2.0**log_step:.6g}")  # short, reproducible spec strings
+        result = solve(replace(spec, element=replace(spec.element, step=step, target_bits=None)))
+        bits = stored(result).bits_per_param()
+        if bits <= target and (best is None or bits > best[0]):
+            best = (bits, result)
+        if floor <= bits <= target:
+            return result
+        tried.append((math.log2(step), bits))
+        if len(tried) >= 2 and tried[-1][1] != tried[-2][1]:
+            (x0, y0), (x1, y1) = tried[-2], tried[-1]
+            slope = min((y1 - y0) / (x1 - x0), -0.25)  # bits fall as the step grows; guard a flat coder
+        else:
+            slope = -1.0
+        log_step = tried[-1][0] + (aim - bits) / slope
+    if best is None or best[0] < target * (1 - 4 * BUDGET_TOLERANCE):
+        got = "every result over it" if best is None else f"best {best[0]:.4f}"
+        raise BudgetError(
+            f"{name}: no grid step met {target} bits/param within {BUDGET_TOLERANCE:.0%} after {BUDGET_SOLVES} "
+            f"solves ({got}); give a fixed step (uniform<step>/...) instead of a budget"
+        )
+    return best[1]
+
+
+def refuse_clip_search_on_unbounded_grid(spec: FormatSpec) -> None:
+    """A clip search on a uniform grid would only shrink the step (less error, more bits): refuse it."""
+    if isinstance(spec.element, UniformGrid):
+        raise ParameterError(
+            f"{spec.to_string()}: a uniform grid has no clip to search (its levels run as far as the data, so a "
+            "smaller scale only means a finer step and more bits); turn the search off and set the precision "
+            "with the step (uniform0.5) or a budget (uniform@3)"
+        )

@@ -16,12 +16,21 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 
-from wquant.algorithms._grid import GroupGrid, as_2d, check_hessian, check_weight, prepare
+from wquant.algorithms._grid import (
+    GroupGrid,
+    as_2d,
+    check_hessian,
+    check_weight,
+    is_budget_spec,
+    prepare,
+    refuse_clip_search_on_unbounded_grid,
+    solve_at_budget,
+)
 from wquant.algorithms.rtn import search_multipliers
 from wquant.errors import ConvergenceError, ParameterError
 from wquant.formats import FormatSpec, QuantizedTensor, parse_spec
@@ -64,6 +73,8 @@ class GPTQConfig:
         check_positive(self.max_damp, "GPTQ max damping")
         check_int_range(self.block_size, "GPTQ block size", 1)
         check_int_range(self.search_grid, "GPTQ scale search grid", 2, 4096)
+        if self.scale_search:
+            refuse_clip_search_on_unbounded_grid(self.spec)
         if self.act_order not in (False, True, "group"):
             raise ParameterError(f"GPTQ act_order must be False, True or 'group', got {self.act_order!r}")
         if self.dtype not in (torch.float32, torch.float64):
@@ -128,9 +139,22 @@ def damped_inverse_factor(h: torch.Tensor, damp: float, max_damp: float, name: s
 def gptq(
     weight: torch.Tensor, hessian: torch.Tensor, config: GPTQConfig | None = None, *, name: str = "weight"
 ) -> GPTQResult:
-    """Quantize an (out, in) weight with GPTQ against the (in, in) Hessian of its inputs."""
+    """Quantize an (out, in) weight with GPTQ against the (in, in) Hessian of its inputs.
+
+    A budget spec (`uniform@3.5/...+coded`) reruns the solve on a few grid steps until the coded codes fit
+    the budget (`solve_at_budget`), so it costs 2–3 solves.
+    """
     config = config or GPTQConfig()
     weight = check_weight(weight, name)
+    if is_budget_spec(config.spec):
+        return solve_at_budget(
+            weight, config.spec, lambda spec: _gptq_on_grid(weight, hessian, replace(config, format=spec), name),
+            lambda result: result.quantized, name=name,
+        )  # fmt: skip
+    return _gptq_on_grid(weight, hessian, config, name)
+
+
+def _gptq_on_grid(weight: torch.Tensor, hessian: torch.Tensor, config: GPTQConfig, name: str) -> GPTQResult:
     dtype = config.dtype
     grid = prepare(weight, config.spec, dtype=dtype)
     w = as_2d(weight.detach()).to(dtype).clone()

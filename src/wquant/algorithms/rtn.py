@@ -14,7 +14,14 @@ from typing import Literal
 import numpy as np
 import torch
 
-from wquant.algorithms._grid import GroupGrid, as_2d, check_hessian, check_weight, prepare
+from wquant.algorithms._grid import (
+    GroupGrid,
+    as_2d,
+    check_hessian,
+    check_weight,
+    prepare,
+    refuse_clip_search_on_unbounded_grid,
+)
 from wquant.errors import ParameterError, TensorError
 from wquant.formats import FormatSpec, QuantizedTensor, parse_spec
 from wquant.validation import check_int_range, check_positive
@@ -29,7 +36,8 @@ class RTNConfig:
 
     Multipliers are `grid` log-spaced values in [lo, hi] (1.0 is always tried, so the search never loses to
     plain RTN on its own objective). Defaults: [0.5, 1.0] for absmax/signmax/minmax scales, whose grid
-    already ends at the block extreme, and [0.5, 2.0] for rms scales.
+    already ends at the block extreme, and [0.5, 2.0] for rms scales. A uniform grid has no clip (its levels
+    run as far as the data), so it takes no search: its precision is its step or its bits budget.
     """
 
     format: str | FormatSpec = "int4/block64:absmax:bf16"
@@ -47,6 +55,8 @@ class RTNConfig:
         for name in ("lo", "hi"):
             if getattr(self, name) is not None:
                 check_positive(getattr(self, name), f"scale search {name}")
+        if self.search:
+            refuse_clip_search_on_unbounded_grid(self.spec)
         lo, hi = self.bounds
         if not lo < hi:
             raise ParameterError(f"scale search needs lo < hi, got [{lo}, {hi}]")
