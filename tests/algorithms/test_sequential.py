@@ -196,3 +196,18 @@ def test_layers_at_one_address_with_different_inputs_keep_their_own_hessians(in_
         got = shared.get_submodule(name).weight
         want = alone.get_submodule(name).weight
         assert torch.equal(got, want), name
+
+
+def test_per_layer_configs_give_each_layer_its_own_format_and_are_checked() -> None:
+    batches = [torch.randn(64, 24, generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    model = _SameMemoryTwice(in_place=False)
+    configs = {"first": GPTQConfig("int3/block8:absmax:bf16"), "second": GPTQConfig("int5/block8:absmax:bf16")}
+    reports = quantize_model_with(model, configs, batches)
+    assert {r.name: r.format for r in reports} == {n: c.spec.to_string() for n, c in configs.items()}
+    assert {r.name: r.bits_per_param for r in reports} == {"first": 3 + 16 / 8, "second": 5 + 16 / 8}
+    with pytest.raises(ParameterError, match="no config for 1 selected layer"):
+        quantize_model_with(_SameMemoryTwice(False), {"first": configs["first"]}, batches)
+    with pytest.raises(ParameterError, match="name no Linear layer"):
+        quantize_model_with(_SameMemoryTwice(False), {**configs, "thrid": configs["first"]}, batches)
+    with pytest.raises(ParameterError, match="expected RTNConfig"):
+        quantize_model_with(_SameMemoryTwice(False), {**configs, "second": "int4"}, batches)  # type: ignore[dict-item]

@@ -75,7 +75,7 @@ def quantize_layer(
 
 def quantize_model_with(
     model: nn.Module,
-    config: AlgorithmConfig,
+    config: AlgorithmConfig | Mapping[str, AlgorithmConfig],
     calibration_batches: Iterable[Batch] | None = None,
     *,
     include: tuple[str, ...] = ("*",),
@@ -84,8 +84,10 @@ def quantize_model_with(
 ) -> list[LayerReport]:
     """Quantize `model`'s Linear layers in place with `config`, sequentially on the calibration batches.
 
-    Batches are tokenizer outputs (dicts passed as keyword arguments; an `attention_mask` drops padding
-    from the statistics) or input-id tensors. Data-free configs accept None. Returns one report per layer.
+    `config` is one config for every layer, or a mapping from layer path to config (a per-layer plan, e.g.
+    Fisher allocation's formats run through GPTQ); it must then cover every selected layer. Batches are
+    tokenizer outputs (dicts passed as keyword arguments; an `attention_mask` drops padding from the
+    statistics) or input-id tensors. Data-free configs accept None. Returns one report per layer.
     """
     if not isinstance(model, nn.Module):
         raise ParameterError(f"quantize_model_with needs a torch.nn.Module, got {type(model).__name__}")
@@ -93,13 +95,14 @@ def quantize_model_with(
     sites = _linear_sites(model, selector)
     if not sites:
         raise ParameterError("no Linear layer matches include/exclude; nothing to quantize")
+    config_of = _per_layer(config, [path for path, _ in sites], model)
     batches = None if calibration_batches is None else list(calibration_batches)
     if batches is not None and not batches:
         raise ParameterError("calibration_batches is empty; give at least one batch (or None for data-free)")
-    if batches is None and config.needs_calibration:
-        raise ParameterError(f"{type(config).__name__} needs calibration batches")
-    if batches is None or not _uses_data(config):
-        return [_quantize_site(model, path, kind, config, None, 0) for path, kind in sites]
+    if batches is None and (needy := [p for p, c in config_of.items() if c.needs_calibration]):
+        raise ParameterError(f"{type(config_of[needy[0]]).__name__} ({needy[0]}) needs calibration batches")
+    if batches is None or not any(_uses_data(c) for c in config_of.values()):
+        return [_quantize_site(model, path, kind, config_of[path], None, 0) for path, kind in sites]
 
     reports: list[LayerReport] = []
     order = _execution_order(model, sites, batches[0])
@@ -109,19 +112,45 @@ def quantize_model_with(
     while pending:
         group, hessian, tokens = _calibrate(model, pending, batches)
         for path in group:
-            reports.append(_quantize_site(model, path, kinds[path], config, hessian, tokens))
+            reports.append(_quantize_site(model, path, kinds[path], config_of[path], hessian, tokens))
             if log is not None:
                 r = reports[-1]
                 log(f"{r.name}: {r.format} rel. output error {r.output_error} {r.note}".rstrip())
         del hessian
         pending = [p for p in pending if p not in group]
     for path in never:
-        reports.append(_quantize_site(model, path, kinds[path], config, None, 0))
+        reports.append(_quantize_site(model, path, kinds[path], config_of[path], None, 0))
     for _, module in model.named_modules():  # the cache only served the calibration passes
         if isinstance(module, QuantizedLinear) and module.stored.cache:
             module.stored.cache = False
             module.stored.clear_cache()
     return reports
+
+
+def _per_layer(
+    config: AlgorithmConfig | Mapping[str, AlgorithmConfig], paths: list[str], model: nn.Module
+) -> dict[str, AlgorithmConfig]:
+    if not isinstance(config, Mapping):
+        _check_config(config, "config")
+        return dict.fromkeys(paths, config)
+    linear = {name for name, m in model.named_modules() if module_kind(m) in ("linear", "transposed")}
+    if unknown := sorted(set(config) - linear):
+        raise ParameterError(f"per-layer configs name no Linear layer of the model: {', '.join(unknown[:5])}")
+    if missing := [p for p in paths if p not in config]:
+        raise ParameterError(
+            f"no config for {len(missing)} selected layer(s), e.g. {', '.join(missing[:3])}; add them to the "
+            "mapping or leave them out with include/exclude"
+        )
+    for path in paths:
+        _check_config(config[path], path)
+    return {path: config[path] for path in paths}
+
+
+def _check_config(config: object, where: str) -> None:
+    if not isinstance(config, AlgorithmConfig):
+        raise ParameterError(
+            f"{where}: expected RTNConfig, GPTQConfig, NUPESConfig or HQQConfig, got {type(config).__name__}"
+        )
 
 
 def _uses_data(config: AlgorithmConfig) -> bool:
