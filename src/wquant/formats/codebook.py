@@ -81,23 +81,52 @@ class Codebook:
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Index of the level each value rounds to. Ties between two levels go away from zero."""
+        flat = x.reshape(-1)
+        codes = torch.empty(flat.numel(), dtype=self.code_dtype())
+        for part, out in zip(flat.split(_CHUNK), codes.split(_CHUNK), strict=True):  # chunks stay in cache
+            self._encode_into(part, out)
+        return codes.view(x.shape)
+
+    def encode_blocks(
+        self, blocks: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """encode((blocks − offsets) / scales) for (n, B) blocks and (n,) scales (a zero scale counts as 1).
+
+        The same codes as normalizing first, without a full-size normalized tensor: each chunk of blocks is
+        normalized and encoded while it is in cache.
+        """
+        width = blocks.shape[-1]
+        flat_blocks = blocks.reshape(-1, width)
+        safe = torch.where(scales == 0, torch.ones_like(scales), scales).reshape(-1, 1)
+        shift = None if offsets is None else offsets.reshape(-1, 1)
+        codes = torch.empty(flat_blocks.shape, dtype=self.code_dtype())
+        rows = max(1, _CHUNK // max(1, width))
+        for start in range(0, flat_blocks.shape[0], rows):
+            part = flat_blocks[start : start + rows]
+            if shift is not None:
+                part = part - shift[start : start + rows]
+            self._encode_into((part / safe[start : start + rows]).reshape(-1), codes[start : start + rows].view(-1))
+        return codes.view(blocks.shape)
+
+    def _encode_into(self, x: torch.Tensor, out: torch.Tensor) -> None:
         if self.step is not None:
-            idx = (x - self.lo).div_(self.step).round_().clamp_(0, self.size - 1)
-            return idx.to(self.code_dtype())
+            out.copy_(torch.sub(x, self.lo).div_(self.step).round_().clamp_(0, self.size - 1))
+            return
         fine = self._fine_table
         if fine is None:
-            return self._encode_exact(x)
-        # One table look-up per value on a fine uniform grid; only values in a cell that a decision boundary
-        # touches (about 1 %) are resolved exactly. Same result as the exact search, several times faster.
-        table, origin, inv_width = fine
-        flat = x.reshape(-1)
-        codes = torch.empty(flat.numel(), dtype=torch.uint8)
-        for part, out in zip(flat.split(_CHUNK), codes.split(_CHUNK), strict=True):  # chunks stay in cache
-            cell = (part - origin).mul_(inv_width).add_(1.0).clamp_(0, table.numel() - 1).to(torch.int64)
-            torch.index_select(table, 0, cell, out=out)
-        unresolved = (codes == _UNRESOLVED).nonzero().squeeze(1)
-        codes[unresolved] = self._encode_exact(flat[unresolved])
-        return codes.view(x.shape)
+            out.copy_(self._encode_exact(x))
+            return
+        # One table look-up per value on a fine uniform grid. A cell crossed by one decision boundary also
+        # holds that boundary, and a comparison settles the code; only cells crossed by several (dense tables
+        # such as FP8 near zero) are resolved by the exact search. Same codes as the exact search, 3-5× faster.
+        left, origin, inv_width, multi = fine
+        threshold = self._fine_thresholds(x.dtype)
+        cell = (x - origin).mul_(inv_width).add_(1.0).clamp_(0, left.numel() - 1).to(torch.int64)
+        torch.index_select(left, 0, cell, out=out)
+        out.add_(x >= threshold.index_select(0, cell))
+        if multi:
+            unresolved = (out == _UNRESOLVED).nonzero().squeeze(1)
+            out[unresolved] = self._encode_exact(x[unresolved])
 
     def _encode_exact(self, x: torch.Tensor) -> torch.Tensor:
         bnd = torch.as_tensor(self.boundaries, dtype=x.dtype)
@@ -107,12 +136,13 @@ class Codebook:
         return idx.to(self.code_dtype())
 
     @cached_property
-    def _fine_table(self) -> tuple[torch.Tensor, float, float] | None:
-        """(code per fine cell or _UNRESOLVED, grid origin, 1/cell width), or None when it would not pay.
+    def _fine_cells(self) -> tuple[np.ndarray, np.ndarray, float, float] | None:
+        """(code below the cell's boundary or _UNRESOLVED, that boundary or +inf, origin, 1/cell width), or None.
 
         Cell 0 holds everything below the first boundary; cell j ≥ 1 covers [origin + (j-1)w, origin + jw).
-        A cell is unresolved when a boundary lies within half a cell of it, so an index that rounding
-        pushes into the neighbouring cell can never cross a boundary unnoticed.
+        Boundaries are collected within half a cell around each cell, so an index that rounding pushes into
+        the neighbouring cell still meets the boundary it must compare against. None when it would not pay
+        (more than 5 % of cells crossed by several boundaries).
         """
         if self.size > _UNRESOLVED or self.boundaries.size < 2:
             return None
@@ -121,11 +151,32 @@ class Codebook:
         left = origin + (np.arange(_FINE_CELLS + 2) - 1) * width
         first = np.searchsorted(self.boundaries, left - width / 2, side="left")
         last = np.searchsorted(self.boundaries, left + 1.5 * width, side="right")
-        codes = np.where(last > first, _UNRESOLVED, np.searchsorted(self.boundaries, left, side="right"))
-        codes[0] = 0
-        if np.mean(codes == _UNRESOLVED) > 0.05:
+        crossing = last - first
+        if np.mean(crossing > 1) > 0.05:
             return None
-        return torch.as_tensor(codes.astype(np.uint8)), origin, 1.0 / width
+        codes = np.where(crossing > 1, _UNRESOLVED, first)
+        bounds = np.full(codes.shape, np.inf)
+        one = crossing == 1
+        bounds[one] = self.boundaries[first[one]]
+        return codes.astype(np.uint8), bounds, origin, 1.0 / width
+
+    @cached_property
+    def _fine_table(self) -> tuple[torch.Tensor, float, float, bool] | None:
+        cells = self._fine_cells
+        if cells is None:
+            return None
+        codes, _, origin, inv_width = cells
+        return torch.as_tensor(codes), origin, inv_width, bool((codes == _UNRESOLVED).any())
+
+    def _fine_thresholds(self, dtype: torch.dtype) -> torch.Tensor:
+        """Per cell: the least value that takes the code above it, in `dtype` (ties go away from zero)."""
+        cache = self.__dict__.setdefault("_thresholds", {})
+        if dtype not in cache:
+            assert self._fine_cells is not None
+            bounds = torch.as_tensor(self._fine_cells[1], dtype=dtype)
+            # a negative boundary's tie goes down: the upper code starts just above it
+            cache[dtype] = torch.where(bounds < 0, torch.nextafter(bounds, torch.tensor(math.inf, dtype=dtype)), bounds)
+        return cache[dtype]
 
     def decode(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         if self.step is not None:
@@ -134,5 +185,5 @@ class Codebook:
         flat = codes.reshape(-1)
         out = torch.empty(flat.numel(), dtype=dtype)
         for part, dest in zip(flat.split(_CHUNK), out.split(_CHUNK), strict=True):  # chunks stay in cache
-            torch.index_select(table, 0, part.to(torch.int64), out=dest)
+            torch.index_select(table, 0, part.to(torch.int32), out=dest)  # int32 gathers ~20 % faster
         return out.view(codes.shape)

@@ -235,7 +235,7 @@ def quantize(
     else:
         multiplier = _search_multiplier(blocks, pad, book, sc, wblocks) if sc.search else 1.0
         groups = _quantize_groups(blocks, pad, book, sc, multiplier)
-        codes = book.encode(_normalize(blocks, groups))
+        codes = book.encode_blocks(blocks, groups.scales, groups.offsets)
     rows, cols = work.shape
     codes = codes.reshape(blocks.shape[0], -1)
     if sc.granularity == "block":
