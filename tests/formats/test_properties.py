@@ -1,6 +1,7 @@
 """Property tests (hypothesis): idempotence, half-step error bound, nested grids, bit-pack round trip."""
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -111,3 +112,19 @@ def test_bit_stream_of_mixed_fields_round_trips(fields, seed):
     reader = BitReader(stream)
     for values, width in data:
         np.testing.assert_array_equal(reader.read(width, values.size), values.astype(np.int64))
+
+
+@pytest.mark.parametrize("layout", [[(8, 3), (16, 5), (32, 4), (4, 6), (16, 2), (32, 3)],
+                                    [(4, 7), (16, 5), (32, 3), (1, 3), (32, 2), (16, 1)]])  # fmt: skip
+def test_word_fields_read_back_aligned_or_not_and_in_narrow_dtypes(layout: list[tuple[int, int]]) -> None:
+    rng = np.random.default_rng(9)
+    data = [(rng.integers(0, 2**w, size=n, dtype=np.uint64), w) for w, n in layout]
+    writer = BitWriter()
+    for values, width in data:
+        writer.write(values, width)
+    reader = BitReader(writer.getvalue())
+    for values, width in data:
+        narrow = np.uint8 if width <= 8 else np.int64
+        got = reader.read(width, values.size, narrow)
+        assert got.dtype == narrow
+        np.testing.assert_array_equal(got.astype(np.int64), values.astype(np.int64))

@@ -69,21 +69,23 @@ def pack_bits(values: np.ndarray, width: int) -> np.ndarray:
     return np.packbits(to_bit_array(values, width), bitorder="little")
 
 
-def unpack_bits(data: np.ndarray | bytes, width: int, count: int) -> np.ndarray:
-    """Inverse of `pack_bits`: the first `count` values (int64)."""
+def unpack_bits(data: np.ndarray | bytes, width: int, count: int, dtype: type = np.int64) -> np.ndarray:
+    """Inverse of `pack_bits`: the first `count` values (int64, or a narrower `dtype` that holds `width` bits)."""
     _check_width(width)
     buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes | bytearray | memoryview) else data
     needed = -(-count * width // 8)
     if buf.size < needed:
         raise CorruptDataError(f"packed data holds {buf.size} bytes, {needed} are needed for {count}×{width} bits")
     if width == 8:
-        return buf[:count].astype(np.int64)
+        return buf[:count].astype(dtype)
     if width in _FAST_WIDTHS:
         per_byte = 8 // width
         mask = np.uint8(2**width - 1)
-        lanes = [(buf[:needed] >> np.uint8(lane * width)) & mask for lane in range(per_byte)]
-        return np.stack(lanes, axis=1).reshape(-1)[:count].astype(np.int64)
-    return from_bit_array(np.unpackbits(buf[:needed], bitorder="little"), width, count)
+        lanes = np.empty((needed, per_byte), dtype=np.uint8)
+        for lane in range(per_byte):  # at most 8 lanes: a loop over bit positions, not elements
+            np.bitwise_and(buf[:needed] >> np.uint8(lane * width), mask, out=lanes[:, lane])
+        return lanes.reshape(-1)[:count].astype(dtype, copy=False)
+    return from_bit_array(np.unpackbits(buf[:needed], bitorder="little"), width, count).astype(dtype, copy=False)
 
 
 class BitWriter:
@@ -124,19 +126,22 @@ class BitReader:
         self._bits: np.ndarray | None = None
         self.position = 0
 
-    def read(self, width: int, count: int) -> np.ndarray:
+    def read(self, width: int, count: int, dtype: type = np.int64) -> np.ndarray:
         if count == 0:
-            return np.zeros(0, dtype=np.int64)
+            return np.zeros(0, dtype=dtype)
         end = self.position + width * count
         if end > 8 * self._data.size:
             raise CorruptDataError(
                 f"stream too short: field needs bits {self.position}..{end}, stream has {8 * self._data.size}"
             )
         if self.position % 8 == 0 and width in _FAST_WIDTHS:
-            out = unpack_bits(self._data[self.position // 8 :], width, count)
+            out = unpack_bits(self._data[self.position // 8 :], width, count, dtype)
+        elif self.position % 8 == 0 and width in (16, 32):  # whole little-endian words: a view, no bit array
+            start = self.position // 8
+            out = self._data[start : start + count * width // 8].view(f"<u{width // 8}").astype(dtype)
         else:
             if self._bits is None:
                 self._bits = np.unpackbits(self._data, bitorder="little")
-            out = from_bit_array(self._bits[self.position : end], width, count)
+            out = from_bit_array(self._bits[self.position : end], width, count).astype(dtype, copy=False)
         self.position = end
         return out

@@ -147,7 +147,8 @@ class QuantizedTensor:
             if not (np.all(np.isfinite(table)) and np.all(np.diff(table) > 0)):
                 raise CorruptDataError("stored code table is not a strictly increasing set of numbers")
         book = _codebook(spec, table)
-        codes = reader.read(book.code_bits, numel) if spec.coding is None else None
+        narrow = np.uint8 if book.code_bits <= 8 else np.int32  # the dtype codes are held in: no int64 detour
+        codes = reader.read(book.code_bits, numel, narrow) if spec.coding is None else None
         scale_codes = reader.read(sc.scale_format.bits, rows * groups)
         offset_codes = reader.read(sc.offset_bits(book), rows * groups) if sc.has_offsets else None
         tensor_scale = float(_f32_from_bits(reader.read(32, 1))[0]) if sc.scale_format.tensor_scale_bits else None
@@ -160,13 +161,17 @@ class QuantizedTensor:
         if spec.coding is not None:
             start = -(-reader.position // 8)
             payload = bytes(data[start:])
-            codes = decode_codes(payload).reshape(-1).astype(np.int64)
+            codes = decode_codes(payload).reshape(-1)
+            if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= book.size):
+                raise CorruptDataError(f"element codes {int(codes.min())}..{int(codes.max())} out of range for "
+                                       f"{book.size} levels")  # fmt: skip
+            codes = codes.astype(narrow)
             if codes.size != numel:
                 raise CorruptDataError(f"coded stream holds {codes.size} codes, the tensor has {numel}")
         elif -(-reader.position // 8) != len(data):
             raise CorruptDataError(f"stream has {len(data)} bytes but the format needs {-(-reader.position // 8)}")
         assert codes is not None
-        if codes.size and (int(codes.max()) >= book.size or int(codes.min()) < 0):
+        if codes.size and book.size < 2**book.code_bits and int(codes.max()) >= book.size:  # width admits more
             raise CorruptDataError(f"element code {int(codes.max())} out of range for {book.size} levels")
         if outlier_index.size and int(outlier_index.max()) >= numel:
             raise CorruptDataError("outlier index points outside the tensor")
