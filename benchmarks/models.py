@@ -21,11 +21,11 @@ which is `BitsAndBytesConfig`'s default), hqq `HQQLinear` (4/3/2 bit, group 64),
 default mapping), optimum-quanto `quantize(model, weights=qint4 / qint2); freeze(model)`. wquant: RTN specs
 (int scale+zero group 64/128, NF4, entropy-coded uniform `uniform@<bits>/tensor:rms:bf16+coded`), GPTQ, HQQ
 (data-free) and NUPES (`wquant.algorithms`, sequential over the model), GPTQ on the entropy-coded uniform grid with a
-fixed step in RMS units (`uniform<step>/...+coded`: its bits follow from the step; a `uniform@<bits>` budget spec
-cannot go through the algorithms yet, see the notes), Fisher bit allocation to a budget (`wquant.allocation`:
+fixed step in RMS units (`uniform<step>/...+coded`: its bits follow from the step in one solve; a `uniform@<bits>`
+budget would re-solve 2-3 times to land on it), Fisher bit allocation to a budget (`wquant.allocation`:
 estimate_fisher → measure_candidates → allocate → apply_plan, the functions `advise` and `wquant study` compose), and
-the Fisher plan quantized with GPTQ instead of RTN. Data-driven algorithms run one `quantize_model_with` call per
-Linear layer in forward order (`layer_by_layer`: one shared call mis-groups layers on the testbed, see there).
+the Fisher plan quantized with GPTQ instead of RTN. Data-driven algorithms run one `quantize_model_with` pass over the
+whole model in forward order, q/k/v sharing one Hessian (`sequential`).
 
 Bits rule (the x axis, "bits/weight"): all-in stored bits of the Linear weights divided by their element count,
 the same tensors for every system. wquant: `QuantizedTensor.bits()` through `wquant.models.model_bits` (codes,
@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import glob
 import hashlib
 import json
 import os
@@ -292,26 +291,23 @@ def _rtn(spec: str) -> Callable[[Context], nn.Module]:
     return lambda ctx: quantize_model(copy.deepcopy(ctx.model), QuantizeConfig(spec, targets=("linear",)))
 
 
-def layer_by_layer(model: nn.Module, config_of: Callable[[str], Any], batches: list[Any]) -> nn.Module:
-    """`quantize_model_with` once per Linear layer, in forward order, each call on the model as quantized so far.
+def sequential(model: nn.Module, config: Any, batches: list[Any]) -> nn.Module:
+    """One `quantize_model_with` pass: every Linear layer in forward order, q/k/v (and gate/up) sharing a Hessian.
 
-    Why not one call: its sequential walk lets layers "fed the very same tensor" share one Hessian and recognises
-    them by the input's data pointer and shape; on the Llama testbed a freed activation's memory is reused by the
-    next same-shaped input, so o_proj sometimes joins gate/up (which then get o_proj's Hessian), and results vary
-    from run to run (wquant bug, reported). One layer per call keeps every Hessian the layer's own; q/k/v get three
-    identical Hessians instead of one shared, so the result is what a correct shared pass would give.
+    (An earlier run of this script went one call per layer: the walk then recognised "the same input" by its data
+    pointer alone, and on the Llama testbed a freed activation's recycled memory made o_proj join gate/up. Fixed
+    in wquant: the first input is held alive and its version counter compared.)
     """
     from wquant.algorithms import quantize_model_with
 
-    for path in _linear_paths(model):
-        quantize_model_with(model, config_of(path), batches, include=(glob.escape(path),))
+    quantize_model_with(model, config, batches)
     return model
 
 
 def _algorithm(make_config: Callable[[], Any]) -> Callable[[Context], nn.Module]:
     def build(ctx: Context) -> nn.Module:
         config = make_config()
-        return layer_by_layer(copy.deepcopy(ctx.model), lambda _path: config, ctx.batches())
+        return sequential(copy.deepcopy(ctx.model), config, ctx.batches())
 
     return build
 
@@ -361,7 +357,8 @@ def _fisher_gptq(bits_per_weight: float) -> Callable[[Context], nn.Module]:
 
         plan = ctx.linear_budget_plan(bits_per_weight, *INT_CANDIDATES)
         spec_of = {t.module: t.spec for t in plan.tensors}
-        model = layer_by_layer(copy.deepcopy(ctx.model), lambda path: GPTQConfig(spec_of[path]), ctx.batches())
+        model = sequential(copy.deepcopy(ctx.model), {path: GPTQConfig(spec) for path, spec in spec_of.items()},
+                           ctx.batches())  # fmt: skip
         if model_bits(model).bits != plan.total_bits:
             raise RuntimeError(f"Fisher+GPTQ stored {model_bits(model).bits} bits, the plan {plan.total_bits}")
         return model
@@ -437,21 +434,6 @@ def systems() -> list[System]:
         System("quanto qint2 (g128)", "quanto", _quanto("qint2"), "optimum.quanto"),
     ]  # fmt: skip
     return s
-
-
-def budget_spec_through_algorithms() -> str | None:
-    """Why GPTQ on the coded grid runs at fixed steps: None when `uniform@<bits>` works through wquant.algorithms."""
-    from wquant.algorithms import GPTQConfig, gptq, hessian_from_inputs
-
-    gen = torch.Generator().manual_seed(0)
-    w, x = torch.randn(16, 64, generator=gen), torch.randn(256, 64, generator=gen)
-    try:
-        gptq(w, hessian_from_inputs(x), GPTQConfig("uniform@3/tensor:rms:bf16+coded")).quantized.dequantize()
-    except Exception as exc:  # noqa: BLE001 - reported in the section
-        return (f"GPTQ on a `uniform@<bits>` budget spec returns a tensor whose spec keeps the unresolved budget; "
-                f"its dequantize() raises {type(exc).__name__} ({exc}) (wquant bug, reported), so GPTQ on the coded "
-                "grid runs at fixed steps here")  # fmt: skip
-    return None
 
 
 def _import_error(library: str) -> str | None:
@@ -670,6 +652,28 @@ def savings(rows: list[Row]) -> list[Saving]:
     return out
 
 
+SUBSETS = [  # wquant restricted to what a user without calibration data, or without entropy coding, can run
+    ("data-free wquant only (RTN, coded RTN, HQQ)", ("wquant RTN", "wquant RTN coded", "wquant HQQ")),
+    ("data-free fixed-rate wquant only (RTN, HQQ)", ("wquant RTN", "wquant HQQ")),
+    ("fixed-rate wquant only (RTN, HQQ, GPTQ, NUPES, Fisher)", ("wquant RTN", "wquant HQQ", "wquant GPTQ",
+                                                               "wquant NUPES", "wquant Fisher", "wquant Fisher+GPTQ")),
+]  # fmt: skip
+
+
+def _subset_saving(rows: list[Row], families: tuple[str, ...]) -> str:
+    """The smallest saving against any peer with wquant restricted to `families`, and the smallest interpolated one."""
+    found = savings([r for r in rows if r.peer or r.family in families])
+    if not found:
+        return "no peer rows"
+    worst = min(found, key=lambda f: f.saved)
+    exact = [f for f in found if f.kind == "="]
+    bound = {">=": "≥ ", "<=": "≤ "}.get(worst.kind, "")
+    line = f"smallest saving {bound}{worst.saved:+.3f} bit/weight ({worst.peer.label})"
+    if exact and (tight := min(exact, key=lambda f: f.saved)) is not worst:
+        line += f"; smallest interpolated {tight.saved:+.3f} ({tight.peer.label})"
+    return line
+
+
 def best_peer(found: list[Saving]) -> Saving | None:
     return min(found, key=lambda s: s.saved) if found else None
 
@@ -820,6 +824,7 @@ def section(args: argparse.Namespace, load: tuple[str, str], minilm: tuple[Bench
         found = savings(bench.rows)
         verdict, _ = _verdict(name, found)
         verdicts.append(verdict)
+        verdicts += [f"{name}, {label}: {_subset_saving(bench.rows, families)}" for label, families in SUBSETS]
         planned = [f"- {r.label}: {r.note}" for r in sorted(bench.rows, key=lambda r: r.label) if r.note]
         fisher = [f"{k}: {v:.0f} s" for k, v in bench.ctx.fisher_s.items()]
         parts += ["", _table(bench.rows, metrics), "", "Fisher plans (format per Linear layer):", *planned]
@@ -863,8 +868,6 @@ def main() -> None:
     for library, why in missing.items():
         notes.append(f"{library} rows skipped: not importable ({why}); install the `bench` extra")
     chosen = [s for s in chosen if s.library not in missing]
-    if any(s.family == "wquant GPTQ coded" for s in chosen) and (why := budget_spec_through_algorithms()):
-        notes.append(why)
     fresh = args.fresh or args.quick
 
     def run_all(bench: Bench) -> None:
