@@ -22,7 +22,7 @@ default mapping), optimum-quanto `quantize(model, weights=qint4 / qint2); freeze
 (int scale+zero group 64/128, NF4, entropy-coded uniform `uniform@<bits>/tensor:rms:bf16+coded`), GPTQ, HQQ
 (data-free) and NUPES (`wquant.algorithms`, sequential over the model), GPTQ on the entropy-coded uniform grid with a
 fixed step in RMS units (`uniform<step>/...+coded`: its bits follow from the step in one solve; a `uniform@<bits>`
-budget would re-solve 2-3 times to land on it), Fisher bit allocation to a budget (`wquant.allocation`:
+budget would re-solve 2-4 times to land on it), Fisher bit allocation to a budget (`wquant.allocation`:
 estimate_fisher → measure_candidates → allocate → apply_plan, the functions `advise` and `wquant study` compose), and
 the Fisher plan quantized with GPTQ instead of RTN. Data-driven algorithms run one `quantize_model_with` pass over the
 whole model in forward order, q/k/v sharing one Hessian (`sequential`).

@@ -297,7 +297,7 @@ def solve_at_budget(
 
     An algorithm that moves codes (GPTQ spreads them) changes their entropy, so the step that meets the budget
     under plain rounding misses it by up to ~5 % after the algorithm. Start from that step and take secant
-    steps on (log step, bits): at high rate bits fall by one per doubling of the step, so 2–3 solves usually
+    steps on (log step, bits): at high rate bits fall by one per doubling of the step, so 2–4 solves usually
     land within BUDGET_TOLERANCE. Returns the largest result not over the budget.
     """
     target = spec.element.target_bits  # type: ignore[union-attr]

@@ -142,7 +142,7 @@ def gptq(
     """Quantize an (out, in) weight with GPTQ against the (in, in) Hessian of its inputs.
 
     A budget spec (`uniform@3.5/...+coded`) reruns the solve on a few grid steps until the coded codes fit
-    the budget (`solve_at_budget`), so it costs 2–3 solves.
+    the budget (`solve_at_budget`), so it costs 2–4 solves.
     """
     config = config or GPTQConfig()
     weight = check_weight(weight, name)
