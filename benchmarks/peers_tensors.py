@@ -484,20 +484,17 @@ def speed_body(speed: dict[str, Any], status: dict[str, str | None]) -> str:
         "= ratio | dequantize M el/s: wquant / peer = ratio | wquant from packed bytes M el/s / peer = ratio |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
+
+    def ratio(r: dict[str, Any], ours: str, peer: str, peer_fmt: str = ".0f") -> str:
+        """The cell "wquant / peer = ratio" for one throughput, or what of it was measured."""
+        if ours not in r:
+            return "–"
+        if peer not in r:
+            return f"{r[ours]:.0f}"
+        return f"{r[ours]:.0f} / {r[peer]:{peer_fmt}} = **{r[ours] / r[peer]:.2f}×**"
+
     for r in speed["rows"]:
-        q = f"{r['q']:.0f} / {r['peer_q']:.1f} = **{r['q'] / r['peer_q']:.2f}×**" if "peer_q" in r else f"{r['q']:.0f}"
-        if "d" not in r:
-            d = "–"
-        elif "peer_d" in r:
-            d = f"{r['d']:.0f} / {r['peer_d']:.0f} = **{r['d'] / r['peer_d']:.2f}×**"
-        else:
-            d = f"{r['d']:.0f}"
-        if "load" not in r:
-            load = "–"
-        elif "peer_d" in r:
-            load = f"{r['load']:.0f} / {r['peer_d']:.0f} = **{r['load'] / r['peer_d']:.2f}×**"
-        else:
-            load = f"{r['load']:.0f}"
+        q, d, load = ratio(r, "q", "peer_q", ".1f"), ratio(r, "d", "peer_d"), ratio(r, "load", "peer_d")
         lines.append(f"| {r['peer']} | `{r['spec']}` | {r['bits']:.3f} | {fmt_mse(r['err'])} | {q} | {d} | {load} |")
     c = speed["coded"]
     lines += [
