@@ -211,7 +211,8 @@ def prepare(weight: torch.Tensor, spec: FormatSpec | str, *, dtype: torch.dtype 
 
     Data-dependent (Lloyd–Max) tables and narrow-scale tensor factors are fitted once here, on the original
     weight, and stay fixed while an algorithm moves codes and group scales. So is the step of a coded budget
-    spec (`uniform@3.5/...+coded`): the algorithm's codes then cost about, not exactly, the budget.
+    spec (`uniform@3.5/...+coded`): plain rounding then meets the budget; an algorithm that moves codes goes
+    through `solve_at_budget` instead.
     """
     reference = quantize(weight, parse_spec(spec))  # validates the tensor; gives table, outliers and tensor factor
     spec = reference.spec  # a budget spec (uniform@3.5) comes back with its step resolved on this weight

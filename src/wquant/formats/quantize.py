@@ -162,17 +162,17 @@ class QuantizedTensor:
             start = -(-reader.position // 8)
             payload = bytes(data[start:])
             codes = decode_codes(payload).reshape(-1)
-            if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= book.size):
-                raise CorruptDataError(f"element codes {int(codes.min())}..{int(codes.max())} out of range for "
-                                       f"{book.size} levels")  # fmt: skip
-            codes = codes.astype(narrow)
             if codes.size != numel:
                 raise CorruptDataError(f"coded stream holds {codes.size} codes, the tensor has {numel}")
         elif -(-reader.position // 8) != len(data):
             raise CorruptDataError(f"stream has {len(data)} bytes but the format needs {-(-reader.position // 8)}")
         assert codes is not None
-        if codes.size and book.size < 2**book.code_bits and int(codes.max()) >= book.size:  # width admits more
-            raise CorruptDataError(f"element code {int(codes.max())} out of range for {book.size} levels")
+        # fixed-width codes are unsigned and below 2^code_bits; only a wider width or the coder can overflow
+        if codes.size and (spec.coding is not None or book.size < 2**book.code_bits):
+            if int(codes.min()) < 0 or int(codes.max()) >= book.size:
+                raise CorruptDataError(f"element codes {int(codes.min())}..{int(codes.max())} out of range for "
+                                       f"{book.size} levels")  # fmt: skip
+        codes = codes.astype(narrow, copy=False)
         if outlier_index.size and int(outlier_index.max()) >= numel:
             raise CorruptDataError("outlier index points outside the tensor")
         stored = QuantizedTensor(
@@ -280,7 +280,7 @@ def _normalize(blocks: torch.Tensor, groups: _Groups) -> torch.Tensor:
 
 
 def _reconstruct(blocks: torch.Tensor, book: Codebook, groups: _Groups) -> torch.Tensor:
-    values = book.decode(book.encode(_normalize(blocks, groups)), blocks.dtype)
+    values = book.decode(book.encode_blocks(blocks, groups.scales, groups.offsets), blocks.dtype)
     out = values * groups.scales[..., None]
     return out if groups.offsets is None else out + groups.offsets[..., None]
 
