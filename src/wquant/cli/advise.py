@@ -6,32 +6,20 @@ bits/param it lands on; `--apply --out DIR` quantizes the model with it and save
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from wquant.errors import ParameterError, WquantError
+from wquant.cli.app import WquantApp, stdout_console
+from wquant.errors import ParameterError
 
 #: Mount without a name, `root.add_typer(app)`, as the models commands are: that merges the `advise` command
 #: into the root (`wquant advise MODEL_DIR ...`); with name="advise" typer would need `wquant advise advise`.
-app = typer.Typer(
-    help="Fisher-based bit allocation: the format per tensor that meets a bits/param budget.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console() if sys.stdout.isatty() else Console(width=160)
-
-
-def _fail(exc: WquantError) -> typer.Exit:
-    """One red line on stderr and exit status 2 (bad input), like the other wquant commands."""
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-    return typer.Exit(code=2)
+app = WquantApp(help="Fisher-based bit allocation: the format per tensor that meets a bits/param budget.")
+console = stdout_console()
 
 
 def _bits_list(text: str) -> tuple[float, ...]:
@@ -69,13 +57,10 @@ def advise_command(
     plan_json: Annotated[Path | None, typer.Option("--plan-json", help="also write the plan as JSON")] = None,
 ) -> None:
     """Allocate formats to tensors by Fisher sensitivity so the model lands on BUDGET bits/param."""
-    try:
-        if apply and out is None:
-            raise ParameterError("--apply needs --out DIR")
-        _run(model_dir, budget, calib, formats, bits, mode, weighting, windows, window, seed, fisher_dir, apply,
-             out, plan_json)  # fmt: skip
-    except WquantError as exc:
-        raise _fail(exc) from None
+    if apply and out is None:
+        raise ParameterError("--apply needs --out DIR")
+    _run(model_dir, budget, calib, formats, bits, mode, weighting, windows, window, seed, fisher_dir, apply,
+         out, plan_json)  # fmt: skip
 
 
 def _run(

@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from typing import Annotated
 
 import torch
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from wquant.errors import WquantError
+from wquant.cli.app import WquantApp, stdout_console
 from wquant.formats import PRESETS, quantize
 from wquant.formats.compare import bound_samples, compare_formats, load_tensor, sample_source, standard_formats
 from wquant.formats.scaling import SCALE_RULES
 from wquant.formats.spec import ELEMENT_FORMS
 
-app = typer.Typer(help="Weight formats: list them, compare them.", no_args_is_help=True)
-console = Console() if sys.stdout.isatty() else Console(width=160)  # full spec strings in logs and pipes
-
-
-def fail(exc: WquantError) -> typer.Exit:
-    """Print a wquant error as one line and exit with status 2 (bad input)."""
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-    return typer.Exit(code=2)
+app = WquantApp(help="Weight formats: list them, compare them.")
+console = stdout_console()
 
 
 @app.command("list")
@@ -69,15 +60,12 @@ def compare(
       wquant formats compare -f "uniform@3.5/tensor:rms+coded" -f int4-g128   # coded to a 3.5-bit budget
       wquant formats compare --dist model.safetensors:layers.0.mlp.weight --bits 3
     """
-    try:
-        if dist.endswith(".safetensors") or ".safetensors:" in dist:
-            x, source = load_tensor(dist), None
-        else:
-            x, source = sample_source(dist, n, seed), dist
-        specs = list(formats) if formats else standard_formats(bits)
-        reports = compare_formats(x, specs, source)
-    except WquantError as exc:
-        raise fail(exc) from None
+    if dist.endswith(".safetensors") or ".safetensors:" in dist:
+        x, source = load_tensor(dist), None
+    else:
+        x, source = sample_source(dist, n, seed), dist
+    specs = list(formats) if formats else standard_formats(bits)
+    reports = compare_formats(x, specs, source)
     if plot:
         from wquant.report.rate_distortion import plot_rate_distortion
 

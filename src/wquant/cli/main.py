@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import typer
-
 from wquant.cli import advise as advise_cli
 from wquant.cli import formats as formats_cli
 from wquant.cli import models as models_cli
 from wquant.cli import study as study_cli
 from wquant.cli import sweep as sweep_cli
 from wquant.cli import theory as theory_cli
+from wquant.cli.app import WquantApp
 
-app = typer.Typer(
-    help="wquant: weight quantization formats, theory and algorithms.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+app = WquantApp(help="wquant: weight quantization formats, theory and algorithms.")
 app.add_typer(formats_cli.app, name="formats")
 app.add_typer(theory_cli.app, name="theory")
 app.command("study")(study_cli.study)

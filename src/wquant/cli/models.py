@@ -9,19 +9,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from wquant.errors import ParameterError, WquantError
+from wquant.cli.app import WquantApp, stdout_console
+from wquant.errors import ParameterError
 
-app = typer.Typer(help="Quantize whole models, evaluate them, train a small causal-LM testbed.", no_args_is_help=True)
-console = Console() if sys.stdout.isatty() else Console(width=160)
+app = WquantApp(help="Quantize whole models, evaluate them, train a small causal-LM testbed.")
+console = stdout_console()
 
 ModelDir = Annotated[str, typer.Argument(help="local Hugging Face model folder, or 'minilm'", show_default=False)]
 Overrides = Annotated[
@@ -41,12 +39,6 @@ def _quiet_transformers() -> None:
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()
-
-
-def fail(exc: WquantError) -> typer.Exit:
-    """Print a wquant error as one line and exit with status 2 (bad input)."""
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-    return typer.Exit(code=2)
 
 
 def parse_overrides(items: list[str] | None) -> tuple[tuple[str, str], ...]:
@@ -115,16 +107,13 @@ def quantize_cmd(
     from wquant.models import load_pretrained, model_bits, quantize_model, save_quantized
 
     _quiet_transformers()
-    try:
-        config = _config(fmt, override, target, exclude)
-        loaded = load_pretrained(model_dir)
-        before = model_bits(loaded.model)
-        if algorithm != "rtn":
-            _calibrated_quantize(loaded, algorithm, fmt, calib, nsamples, seqlen, seed, exclude)
-        quantize_model(loaded.model, config)  # everything the algorithm did not already quantize
-        save_quantized(loaded.model, out, tokenizer=loaded.tokenizer)
-    except WquantError as exc:
-        raise fail(exc) from None
+    config = _config(fmt, override, target, exclude)
+    loaded = load_pretrained(model_dir)
+    before = model_bits(loaded.model)
+    if algorithm != "rtn":
+        _calibrated_quantize(loaded, algorithm, fmt, calib, nsamples, seqlen, seed, exclude)
+    quantize_model(loaded.model, config)  # everything the algorithm did not already quantize
+    save_quantized(loaded.model, out, tokenizer=loaded.tokenizer)
     report = model_bits(loaded.model)
     console.print(_bits_table(f"{model_dir}: {before.bits_per_param:.2f} → {report.bits_per_param:.4f} "
                               "bits/param", report))  # fmt: skip
@@ -195,31 +184,28 @@ def eval_cmd(
     from wquant.models import load_pretrained, load_quantized, quantize_model
 
     _quiet_transformers()
-    try:
-        if quantized is not None and fmt is not None:
-            raise ParameterError("pass either --quantized DIR or --format SPEC, not both")
-        loaded = load_pretrained(model_dir)
-        other = None
-        if quantized is not None:
-            other = load_quantized(quantized)
-        elif fmt is not None:
-            other = quantize_model(copy.deepcopy(loaded.model), _config(fmt, override, target, exclude))
-        if loaded.task == "causal-lm":
-            body = read_text(text)
-            if other is None:
-                result: Any = perplexity(loaded.model, loaded.tokenizer, body, window=window,
-                                         batch_size=batch_size, progress=True)  # fmt: skip
-            else:
-                result = compare_causal(loaded.model, other, loaded.tokenizer, body, window=window,
-                                        batch_size=batch_size, top_k=top_k, progress=True)  # fmt: skip
+    if quantized is not None and fmt is not None:
+        raise ParameterError("pass either --quantized DIR or --format SPEC, not both")
+    loaded = load_pretrained(model_dir)
+    other = None
+    if quantized is not None:
+        other = load_quantized(quantized)
+    elif fmt is not None:
+        other = quantize_model(copy.deepcopy(loaded.model), _config(fmt, override, target, exclude))
+    if loaded.task == "causal-lm":
+        body = read_text(text)
+        if other is None:
+            result: Any = perplexity(loaded.model, loaded.tokenizer, body, window=window,
+                                     batch_size=batch_size, progress=True)  # fmt: skip
         else:
-            if other is None:
-                raise ParameterError("an encoder has no perplexity; pass --quantized DIR or --format SPEC to compare")
-            paragraphs = iter_paragraphs(text, min_chars=min_chars, limit=limit)
-            result = compare_encoders(loaded.model, other, loaded.tokenizer, paragraphs, batch_size=batch_size,
-                                      max_length=loaded.max_length, total=limit, progress=True)  # fmt: skip
-    except WquantError as exc:
-        raise fail(exc) from None
+            result = compare_causal(loaded.model, other, loaded.tokenizer, body, window=window,
+                                    batch_size=batch_size, top_k=top_k, progress=True)  # fmt: skip
+    else:
+        if other is None:
+            raise ParameterError("an encoder has no perplexity; pass --quantized DIR or --format SPEC to compare")
+        paragraphs = iter_paragraphs(text, min_chars=min_chars, limit=limit)
+        result = compare_encoders(loaded.model, other, loaded.tokenizer, paragraphs, batch_size=batch_size,
+                                  max_length=loaded.max_length, total=limit, progress=True)  # fmt: skip
     if as_json:
         typer.echo(json.dumps(dataclasses.asdict(result)))
         return
@@ -268,16 +254,13 @@ def train_lm_cmd(
     from wquant.evaluate import TrainConfig, train_causal_lm
 
     _quiet_transformers()
-    try:
-        base = TrainConfig()
-        heads = base.heads if hidden_size % base.heads == 0 else 1
-        config = TrainConfig(
-            hidden_size=hidden_size, layers=layers, heads=heads, intermediate_size=3 * hidden_size,
-            context=context, batch_size=batch_size, steps=steps, seed=seed, threads=threads,
-        )  # fmt: skip
-        result = train_causal_lm(text, out, config, progress=True)
-    except WquantError as exc:
-        raise fail(exc) from None
+    base = TrainConfig()
+    heads = base.heads if hidden_size % base.heads == 0 else 1
+    config = TrainConfig(
+        hidden_size=hidden_size, layers=layers, heads=heads, intermediate_size=3 * hidden_size,
+        context=context, batch_size=batch_size, steps=steps, seed=seed, threads=threads,
+    )  # fmt: skip
+    result = train_causal_lm(text, out, config, progress=True)
     console.print(
         f"trained {result.params:,} parameters in {result.seconds:.0f} s: train loss {result.train_loss:.3f}, "
         f"held-out loss {result.heldout_loss:.3f} nats/char → {result.path}"

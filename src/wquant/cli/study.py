@@ -6,10 +6,9 @@ from typing import Annotated
 
 import typer
 
-from wquant.cli.formats import fail
-from wquant.errors import WquantError
+from wquant.cli.app import WquantApp
 
-app = typer.Typer(help="Study a model end to end and write a report.", no_args_is_help=False)
+app = WquantApp(help="Study a model end to end and write a report.", no_args_is_help=False)
 
 
 @app.command()
@@ -32,11 +31,8 @@ def study(
     """
     from wquant.study.pipeline import StudyConfig, run_study
 
-    try:
-        config = StudyConfig(model=model, budget=budget, text=text, max_texts=max_texts, calib=calib, seed=seed)
-        result = run_study(config, out, force=force)
-    except WquantError as exc:
-        raise fail(exc) from None
+    config = StudyConfig(model=model, budget=budget, text=text, max_texts=max_texts, calib=calib, seed=seed)
+    result = run_study(config, out, force=force)
     for run in result.stages:
         typer.echo(f"{run.name:>9}: {'cached' if run.cached else f'{run.seconds:.1f} s'}")
     typer.echo(f"report: {result.report}")

@@ -6,9 +6,6 @@ from typing import Annotated
 
 import typer
 
-from wquant.cli.formats import fail
-from wquant.errors import WquantError
-
 
 def sweep(
     config: Annotated[str, typer.Argument(help="TOML file: [sweep] kind = formats | theory | model, plus its grid")],
@@ -33,9 +30,6 @@ def sweep(
     """
     from wquant.sweep import load_sweep_config, run_sweep
 
-    try:
-        result = run_sweep(load_sweep_config(config), out, scheduler=scheduler)
-    except WquantError as exc:
-        raise fail(exc) from None
+    result = run_sweep(load_sweep_config(config), out, scheduler=scheduler)
     typer.echo(f"{result.computed} points computed, {result.cached} taken from {out}/points")
     typer.echo(f"table: {result.table}")

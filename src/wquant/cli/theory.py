@@ -7,21 +7,17 @@ beta is the inverse temperature of the Gibbs measure (inf = zero-temperature ERM
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from wquant.errors import ConvergenceError, ParameterError
+from wquant.cli.app import WquantApp, stdout_console
+from wquant.errors import ParameterError
 
-app = typer.Typer(
-    help="Typical-case theory of linear regression with quantized weights.", no_args_is_help=True
-)
-console = Console()
-T = TypeVar("T")
+app = WquantApp(help="Typical-case theory of linear regression with quantized weights.")
+console = stdout_console()
 
 Alpha = Annotated[
     float,
@@ -41,18 +37,6 @@ Quant = Annotated[str, typer.Option(help="uniform or power (non-uniform, power-l
 Gamma = Annotated[float, typer.Option(help="Companding exponent of the non-uniform grid.")]
 Plot = Annotated[str | None, typer.Option("--plot", help="Write a PNG figure to this file.")]
 Jobs = Annotated[int, typer.Option(help="Parallel workers (joblib).")]
-
-
-def _run(fn: Callable[[], T]) -> T:
-    """Turn wquant's errors into a one-line message and a non-zero exit code."""
-    try:
-        return fn()
-    except ParameterError as exc:
-        console.print(f"[red]invalid parameter:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    except ConvergenceError as exc:
-        console.print(f"[red]no convergence:[/red] {exc}")
-        raise typer.Exit(1) from exc
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -145,7 +129,7 @@ def point(
         t.add_row("iterations / residual", f"{r.iterations} / {r.residual:.1e}")
         console.print(t)
 
-    _run(go)
+    go()
 
 
 @app.command("phase-diagram")
@@ -196,7 +180,7 @@ def phase_diagram_cmd(
 
             _save(plot_phase_diagrams(diagrams), plot)
 
-    _run(go)
+    go()
 
 
 @app.command("vs-width")
@@ -258,7 +242,7 @@ def vs_width(
 
             _save(plot_error_vs_width(pairs), plot)
 
-    _run(go)
+    go()
 
 
 @app.command("vs-alpha")
@@ -330,7 +314,7 @@ def vs_alpha(
 
             _save(plot_error_vs_alpha(sweeps), plot)
 
-    _run(go)
+    go()
 
 
 @app.command()
@@ -411,4 +395,4 @@ def amp(
 
             _save(plot_amp_vs_state_evolution([r.history for r in runs], state_evolution(st, lv, 12)), plot)
 
-    _run(go)
+    go()
