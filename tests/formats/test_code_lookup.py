@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from wquant.formats import parse_spec
-from wquant.formats.quantize import _codebook
+from wquant.formats.grouping import codebook_of as _codebook
 
 
 def _nearest_level(x: torch.Tensor, levels: np.ndarray) -> torch.Tensor:

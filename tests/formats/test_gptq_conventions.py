@@ -65,7 +65,10 @@ def test_zero_points_round_trip_and_damage_is_refused():
     assert len(data) == -(-q.bits() // 8)
     back = QuantizedTensor.from_bytes(data, q.spec, q.shape, q.dtype)
     assert torch.equal(back.dequantize(), q.dequantize())
-    bad = QuantizedTensor(q.spec, q.shape, q.dtype, q.codes, q.scale_codes, np.full_like(q.offset_codes, 9),
-                          None, None, q.outlier_index, q.outlier_codes)  # fmt: skip
+    # a 7-level grid (int3 sym) stores its zero point in 3 bits, so code 7 fits the field but names no level
+    q7 = quantize(x, "int3/block32:zeropoint:fp16")
+    bad = QuantizedTensor.pack(q7.spec, q7.shape, q7.dtype, q7.codes, q7.scale_codes, np.full_like(q7.offset_codes, 7))
     with pytest.raises(CorruptDataError, match="zero point"):
-        bad.dequantize()
+        bad.check()
+    with pytest.raises(CorruptDataError, match="zero point"):
+        QuantizedTensor.from_state(bad.state(), bad.spec, bad.shape, bad.dtype)

@@ -93,10 +93,15 @@ def test_lut_superset_never_increases_mse(base, extra, x):
 @settings(max_examples=150, deadline=None)
 @given(st.integers(1, 32), st.integers(0, 300), st.integers(0, 2**32 - 1))
 def test_pack_unpack_round_trip(width, n, seed):
-    values = np.random.default_rng(seed).integers(0, 2**width, size=n, dtype=np.uint64)
+    values = np.random.default_rng(seed).integers(0, 2**width, size=n, dtype=np.uint64).astype(np.int64)
     packed = pack_bits(values, width)
-    assert packed.size == -(-n * width // 8)
-    np.testing.assert_array_equal(unpack_bits(packed.tobytes(), width, n), values.astype(np.int64))
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-n * width // 8)
+    # the layout by definition: stream bit i is bit (i mod w) of value i // w, bytes filled LSB first
+    stream = np.unpackbits(packed.numpy(), bitorder="little")
+    i = np.arange(n * width)
+    np.testing.assert_array_equal(stream[: n * width], (values[i // width] >> (i % width)) & 1)
+    assert not stream[n * width :].any()
+    np.testing.assert_array_equal(unpack_bits(packed.numpy().tobytes(), width, n).numpy(), values)
 
 
 @settings(max_examples=80, deadline=None)

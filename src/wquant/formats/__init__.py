@@ -19,7 +19,10 @@ from wquant.formats.grids import (
     TableGrid,
     sf4_levels,
 )
-from wquant.formats.quantize import QuantizedTensor, quantize
+from wquant.formats.grouping import as_2d, compute_dtype, view_2d
+from wquant.formats.layout import GroupScales, TensorLayout, prepare_layout
+from wquant.formats.quantize import quantize
+from wquant.formats.quantized import QuantizedTensor
 from wquant.formats.scaling import ScaleFormat, Scaling
 from wquant.formats.spec import PRESETS, FormatSpec, OutlierSpec, parse_element, parse_spec
 
@@ -34,6 +37,7 @@ __all__ = [
     "FloatFormat",
     "FloatGrid",
     "FormatSpec",
+    "GroupScales",
     "IntGrid",
     "LloydMaxGrid",
     "OutlierSpec",
@@ -42,9 +46,14 @@ __all__ = [
     "ScaleFormat",
     "Scaling",
     "TableGrid",
+    "TensorLayout",
+    "as_2d",
+    "compute_dtype",
     "float_format",
     "parse_element",
     "parse_spec",
+    "prepare_layout",
     "quantize",
     "sf4_levels",
+    "view_2d",
 ]

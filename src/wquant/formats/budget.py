@@ -16,7 +16,8 @@ import torch
 
 from wquant.errors import BudgetError
 from wquant.formats.grids import UniformGrid
-from wquant.formats.quantize import QuantizedTensor, quantize
+from wquant.formats.quantize import quantize
+from wquant.formats.quantized import QuantizedTensor
 from wquant.formats.spec import FormatSpec, parse_spec
 
 MAX_TRIALS = 60

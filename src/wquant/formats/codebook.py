@@ -178,12 +178,20 @@ class Codebook:
             cache[dtype] = torch.where(bounds < 0, torch.nextafter(bounds, torch.tensor(math.inf, dtype=dtype)), bounds)
         return cache[dtype]
 
+    def levels_tensor(self, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> torch.Tensor:
+        """The levels as a tensor (made once per dtype and device)."""
+        cache = self.__dict__.setdefault("_level_tensors", {})
+        key = (dtype, torch.device("cpu") if device is None else torch.device(device))
+        if key not in cache:
+            cache[key] = torch.tensor(self.levels, dtype=dtype, device=key[1])
+        return cache[key]
+
     def decode(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         if self.step is not None:
             return codes.to(dtype) * self.step + self.lo
-        table = torch.tensor(self.levels, dtype=dtype)
+        table = self.levels_tensor(dtype, codes.device)
         flat = codes.reshape(-1)
-        out = torch.empty(flat.numel(), dtype=dtype)
+        out = torch.empty(flat.numel(), dtype=dtype, device=codes.device)
         for part, dest in zip(flat.split(_CHUNK), out.split(_CHUNK), strict=True):  # chunks stay in cache
             torch.index_select(table, 0, part.to(torch.int32), out=dest)  # int32 gathers ~20 % faster
         return out.view(codes.shape)

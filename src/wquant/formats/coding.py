@@ -9,7 +9,7 @@ Container layout (all multi-byte integers are LEB128 varints unless noted, store
 
     magic "WQAC" | version u8 | dtype code u8 | ndim u8 | dims... | base (zigzag) | alphabet size − 1
     | alphabet listed? u8 | group_size (0: one model)
-    | table bit count | ANS word count | table bits (packed, zero-padded to a byte)
+    | table bit count | ANS word count | table bits (LSB first, formats.bitpack; zero-padded to a byte)
     | ANS words (u32 little endian) | crc32 of everything before it (u32 little endian)
 
 Symbols are coded as ranks in the stream's alphabet (its sorted distinct values). A contiguous alphabet
@@ -31,6 +31,7 @@ import constriction
 import numpy as np
 
 from wquant.errors import CorruptDataError, ParameterError, TensorError
+from wquant.formats.bitpack import BitReader, BitWriter
 
 __all__ = [
     "CodedSize",
@@ -44,7 +45,7 @@ __all__ = [
 ]
 
 MAGIC = b"WQAC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: table section fields packed LSB first by formats.bitpack (1: MSB first)
 MAX_ALPHABET_SPAN = 1 << 24
 """Largest hi − lo a standalone FrequencyModel accepts: it stores one count per value of its range."""
 MAX_DISTINCT_SYMBOLS = 1 << 22
@@ -270,37 +271,6 @@ def _unzigzag(value: int) -> int:
     return value // 2 if value % 2 == 0 else -(value + 1) // 2
 
 
-def _pack_fields(values: np.ndarray, widths: np.ndarray) -> tuple[bytes, int]:
-    """Concatenate unsigned fields of the given bit widths MSB-first into bytes; also return the bit count."""
-    widths = widths.astype(np.int64)
-    n_bits = int(widths.sum())
-    if n_bits == 0:
-        return b"", 0
-    field = np.repeat(np.arange(widths.size), widths)
-    field_start = np.cumsum(widths) - widths
-    shift = (widths[field] - 1 - (np.arange(n_bits) - field_start[field])).astype(np.uint64)
-    bits = (values.astype(np.uint64)[field] >> shift) & np.uint64(1)
-    return np.packbits(bits.astype(np.uint8)).tobytes(), n_bits
-
-
-class _BitReader:
-    """Reads MSB-first unsigned fields from an unpacked bit array; overruns mean corruption."""
-
-    def __init__(self, bits: np.ndarray) -> None:
-        self.bits = bits.astype(np.int64)
-        self.pos = 0
-
-    def take(self, width: int, count: int = 1) -> np.ndarray:
-        end = self.pos + width * count
-        if end > self.bits.size:
-            raise CorruptDataError("entropy-coded stream's table section is truncated; re-read the source")
-        if width == 0:
-            return np.zeros(count, dtype=np.int64)
-        chunk = self.bits[self.pos : end].reshape(count, width)
-        self.pos = end
-        return chunk @ (np.int64(1) << np.arange(width - 1, -1, -1, dtype=np.int64))
-
-
 # --------------------------------------------------------------------------------------------------------
 # Encoding
 # --------------------------------------------------------------------------------------------------------
@@ -470,7 +440,9 @@ def encode_codes(
                 (quantized[row, lo[row] : hi[row] + 1], int(precision[row]), g_start, min(n_symbols, g_start + length))
             )
 
-    table, table_bits = _pack_fields(np.concatenate(field_values), np.concatenate(field_widths))
+    writer = BitWriter()
+    writer.write_fields(np.concatenate(field_values), np.concatenate(field_widths))
+    table, table_bits = writer.getvalue(), writer.bits
 
     coder = constriction.stream.stack.AnsCoder()
     for counts, precision_bits, g_start, g_stop in reversed(models):  # a stack: last group goes in first
@@ -566,30 +538,30 @@ def decode_codes(data: bytes) -> np.ndarray:
     length, n_groups = _group_bounds(n_symbols, header.group_size or None)
     table_end = header.header_bytes + -(-header.table_bits // 8)
     table = np.frombuffer(data, dtype=np.uint8, count=table_end - header.header_bytes, offset=header.header_bytes)
-    reader = _BitReader(np.unpackbits(table)[: header.table_bits])
+    reader = BitReader(table.tobytes())
     words = np.frombuffer(data, dtype="<u4", count=header.n_words, offset=table_end).astype(np.uint32)
     range_bits = header.span.bit_length()
     out = np.empty(n_symbols, dtype=np.int32)  # ranks in the stream's alphabet
     try:
         alphabet = None
         if header.listed_alphabet:
-            gap_width = int(reader.take(GAP_WIDTH_FIELD_BITS)[0])
+            gap_width = int(reader.read(GAP_WIDTH_FIELD_BITS, 1)[0])
             if gap_width > 64:
                 raise CorruptDataError("entropy-coded stream has an invalid alphabet gap width")
-            gaps = reader.take(gap_width, header.span).astype(np.uint64) + np.uint64(1)
+            gaps = reader.read(gap_width, header.span, np.uint64) + np.uint64(1)
             alphabet = np.concatenate([[np.uint64(0)], np.cumsum(gaps, dtype=np.uint64)])
         coder = constriction.stream.stack.AnsCoder(words)
         for group in range(n_groups):
             start, stop = group * length, min(n_symbols, (group + 1) * length)
-            lo, size_minus_one = (int(v) for v in reader.take(range_bits, 2))
+            lo, size_minus_one = (int(v) for v in reader.read(range_bits, 2))
             if lo + size_minus_one > header.span:
                 raise CorruptDataError("entropy-coded stream has a model outside the stream's range")
             if size_minus_one == 0:
                 out[start:stop] = lo
                 continue
-            precision = int(reader.take(PRECISION_FIELD_BITS)[0])
-            width = int(reader.take(COUNT_WIDTH_FIELD_BITS)[0])
-            counts = reader.take(width, size_minus_one + 1)
+            precision = int(reader.read(PRECISION_FIELD_BITS, 1)[0])
+            width = int(reader.read(COUNT_WIDTH_FIELD_BITS, 1)[0])
+            counts = reader.read(width, size_minus_one + 1)
             valid_precision = MIN_PRECISION_BITS <= precision <= MAX_PRECISION_BITS
             if not valid_precision or int(counts.sum()) != 1 << precision:
                 raise CorruptDataError("entropy-coded stream has an invalid frequency table")
@@ -598,7 +570,7 @@ def decode_codes(data: bytes) -> np.ndarray:
                 np.add(decoded, np.int32(lo), out=out[start:stop])
             else:
                 out[start:stop] = (np.flatnonzero(counts).astype(np.int32) + lo)[decoded]
-        if reader.pos != header.table_bits or not coder.is_empty():
+        if reader.position != header.table_bits or not coder.is_empty():
             raise CorruptDataError("entropy-coded stream has leftover data after decoding; it is corrupted")
     except CorruptDataError:
         raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -27,6 +28,11 @@ OFFSET_RULES = ("minmax", "zeropoint")
 _IEEE_SCALES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _E8M0_RULES = {"e8m0": "floor", "e8m0-floor": "floor", "e8m0-rceil": "rceil"}
 E8M0_BIAS = 127
+
+
+@lru_cache(maxsize=64)
+def _exmy_book(name: str) -> Codebook:
+    return Codebook.from_levels(float_format(name).values())
 
 
 @dataclass(frozen=True)
@@ -71,10 +77,14 @@ class ScaleFormat:
     def _exmy(self) -> FloatFormat | None:
         return None if self.name in _IEEE_SCALES or self.name in _E8M0_RULES else float_format(self.name)
 
-    def quantize(self, raw: torch.Tensor, grid_max: float) -> tuple[torch.Tensor, np.ndarray, float | None]:
+    def quantize(
+        self, raw: torch.Tensor, grid_max: float, *, factor: float | None = None
+    ) -> tuple[torch.Tensor, np.ndarray, float | None]:
         """Round raw fp32 scales to this format: (scale values, stored codes, per-tensor factor or None).
 
-        grid_max is the element grid's absmax target; the OCP floor rule needs its exponent.
+        grid_max is the element grid's absmax target; the OCP floor rule needs its exponent. A narrow ExMy
+        format's per-tensor factor is fitted to these scales unless `factor` fixes it (scales chosen a few
+        groups at a time must share the factor chosen once for the whole tensor).
         """
         raw = raw.to(torch.float32)
         if self.name in _IEEE_SCALES:
@@ -95,12 +105,19 @@ class ScaleFormat:
             return torch.exp2(exponent), codes, None
         fmt = self._exmy
         assert fmt is not None
-        peak = float(raw.abs().max())
-        factor = float(np.float32(peak / fmt.max_value)) if peak > 0 and self._needs_tensor_factor else 1.0
-        book = Codebook.from_levels(fmt.values())
+        if factor is None or not self._needs_tensor_factor:
+            peak = float(raw.abs().max())
+            factor = float(np.float32(peak / fmt.max_value)) if peak > 0 and self._needs_tensor_factor else 1.0
+        book = self._book
         codes_t = book.encode((raw / factor).clamp(book.lo, book.hi))
         values = book.decode(codes_t) * factor
         return values, codes_t.to(torch.int64).numpy(), factor if self._needs_tensor_factor else None
+
+    @property
+    def _book(self) -> Codebook:
+        fmt = self._exmy
+        assert fmt is not None
+        return _exmy_book(self.name)
 
     def decode(self, codes: np.ndarray, factor: float | None) -> torch.Tensor:
         """Scale values from stored codes (inverse of `quantize`); codes no encoder makes are refused."""
