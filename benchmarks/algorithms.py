@@ -37,8 +37,11 @@ from wquant.algorithms import (  # noqa: E402
     quantize_model_with,
     sentence_batches,
 )
-from wquant.evaluate import cached_testbed, compare_causal, compare_encoders, heldout_text, read_paragraphs  # noqa: E402
-from wquant.evaluate.text import read_text  # noqa: E402
+from wquant.data import (
+    read_paragraphs,  # noqa: E402
+    read_text,  # noqa: E402
+)
+from wquant.evaluate import cached_testbed, compare_causal, compare_encoders, heldout_text  # noqa: E402
 from wquant.models import load_pretrained, model_bits  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"

@@ -59,7 +59,8 @@ from _common import machine_line, replace_section  # noqa: E402
 from torch import nn  # noqa: E402
 
 from wquant.algorithms import GPTQConfig, calibration_windows, quantize_model_with  # noqa: E402
-from wquant.evaluate import cached_testbed, compare_causal, heldout_text, read_text  # noqa: E402
+from wquant.data import read_text  # noqa: E402
+from wquant.evaluate import cached_testbed, compare_causal, heldout_text  # noqa: E402
 from wquant.models import load_pretrained, model_bits  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -72,14 +72,13 @@ import torch  # noqa: E402
 from _common import machine_line, replace_section  # noqa: E402
 from torch import nn  # noqa: E402
 
+from wquant.data import read_paragraphs, read_text  # noqa: E402
 from wquant.evaluate import (  # noqa: E402
     cached_testbed,
     compare_causal,
     embed_texts,
     embedding_fidelity,
     heldout_text,
-    read_paragraphs,
-    read_text,
 )
 from wquant.models import QuantizeConfig, load_pretrained, model_bits, quantize_model  # noqa: E402
 from wquant.models.quantize import set_submodule  # noqa: E402

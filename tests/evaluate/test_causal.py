@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from wquant.data import token_windows
 from wquant.errors import ParameterError
-from wquant.evaluate import char_tokenizer, compare_causal, kl_terms, perplexity, token_windows
+from wquant.evaluate import char_tokenizer, compare_causal, kl_terms, perplexity
 from wquant.models import QuantizeConfig, model_bits, quantize_model
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 6

@@ -8,14 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from wquant.evaluate import (
-    char_tokenizer,
-    compare_encoders,
-    embed_texts,
-    embedding_fidelity,
-    nearest_neighbours,
-    read_paragraphs,
-)
+from wquant.data import read_paragraphs
+from wquant.evaluate import char_tokenizer, compare_encoders, embed_texts, embedding_fidelity, nearest_neighbours
 from wquant.models import QuantizeConfig, load_pretrained, model_bits, quantize_model
 
 SENTENCES = [f"sentence number {i} about {w}" for i, w in enumerate(["cats", "dogs", "ships", "tea", "rain"] * 4)]

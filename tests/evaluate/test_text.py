@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from wquant.data import iter_lines, iter_paragraphs, read_paragraphs, read_text
 from wquant.errors import CorruptDataError, ParameterError
-from wquant.evaluate import iter_lines, iter_paragraphs, read_paragraphs, read_text
 
 
 def test_empty_blank_missing_and_non_utf8_files_are_refused(tmp_path) -> None:

@@ -1,48 +1,47 @@
-"""Post-training quantization algorithms on top of the format core: each returns a genuine QuantizedTensor.
+"""Post-training quantization algorithms on the format primitives: each returns a genuine QuantizedTensor.
 
->>> from wquant.algorithms import GPTQConfig, gptq, hessian_from_inputs, quantize_model_with
+Solvers are plain functions on one weight; models are quantized through `wquant.quantize_`, which finds each
+algorithm by its config type in the registry.
+
+>>> from wquant.algorithms import GPTQConfig, gptq, hessian_from_inputs
 >>> q = gptq(layer.weight, hessian_from_inputs(x), GPTQConfig("nf4/block64:absmax:fp32")).quantized
->>> quantize_model_with(model, GPTQConfig("int4/block64:absmax:bf16"), batches)  # whole model, layer by layer
 >>> q = hqq(layer.weight, HQQConfig("int4:unsigned/block64:minmax:bf16"))  # data-free zero optimisation
 """
 
-from wquant.algorithms.gptq import DampingWarning, GPTQConfig, GPTQResult, gptq, hessian_from_inputs
+from wquant.algorithms.gptq import DampingWarning, GPTQConfig, GPTQResult, gptq
 from wquant.algorithms.hqq import HQQConfig, hqq, shrink_lp
-from wquant.algorithms.nupes import (
-    NUPESConfig,
-    NUPESResult,
-    learn_codes,
-    nupes,
-    power_spec,
-    relative_error,
-    search_exponent,
-)
-from wquant.algorithms.rtn import IMPORTANCE_KINDS, RTNConfig, importance_weights, rtn
-from wquant.algorithms.sequential import (
+from wquant.algorithms.nupes import NUPESConfig, NUPESResult, learn_codes, nupes, power_spec, search_exponent
+from wquant.algorithms.registry import (
     ALGORITHMS,
-    AlgorithmConfig,
-    LayerReport,
-    algorithm_config,
-    calibration_windows,
-    quantize_layer,
-    quantize_model_with,
-    sentence_batches,
+    Algorithm,
+    Quantized,
+    TensorConfig,
+    algorithm_names,
+    as_tensor_config,
+    config_for,
+    quantize_weight,
+    register,
 )
+from wquant.algorithms.rtn import IMPORTANCE_KINDS, RTNConfig, importance_weights, rtn, search_scales
+from wquant.algorithms.statistics import HessianAccumulator, hessian_from_inputs, relative_error
 
 __all__ = [
     "ALGORITHMS",
     "IMPORTANCE_KINDS",
-    "AlgorithmConfig",
+    "Algorithm",
     "DampingWarning",
     "GPTQConfig",
     "GPTQResult",
     "HQQConfig",
-    "LayerReport",
+    "HessianAccumulator",
     "NUPESConfig",
     "NUPESResult",
+    "Quantized",
     "RTNConfig",
-    "algorithm_config",
-    "calibration_windows",
+    "TensorConfig",
+    "algorithm_names",
+    "as_tensor_config",
+    "config_for",
     "gptq",
     "hessian_from_inputs",
     "hqq",
@@ -50,11 +49,11 @@ __all__ = [
     "learn_codes",
     "nupes",
     "power_spec",
-    "quantize_layer",
-    "quantize_model_with",
+    "quantize_weight",
+    "register",
     "relative_error",
     "rtn",
     "search_exponent",
-    "sentence_batches",
+    "search_scales",
     "shrink_lp",
 ]

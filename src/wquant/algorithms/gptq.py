@@ -21,20 +21,27 @@ from typing import Literal
 
 import torch
 
-from wquant.algorithms._grid import (
-    GroupGrid,
-    as_2d,
+from wquant.algorithms.common import (
     check_hessian,
     check_weight,
     is_budget_spec,
-    prepare,
     refuse_clip_search_on_unbounded_grid,
     solve_at_budget,
 )
-from wquant.algorithms.rtn import search_multipliers
+from wquant.algorithms.registry import Quantized, register
+from wquant.algorithms.rtn import RTNConfig, rtn, search_scales
 from wquant.errors import ConvergenceError, ParameterError
-from wquant.formats import FormatSpec, QuantizedTensor, parse_spec
-from wquant.validation import check_int_range, check_positive, check_tensor
+from wquant.formats import (
+    DEFAULT_FORMAT,
+    FormatSpec,
+    GroupScales,
+    QuantizedTensor,
+    TensorLayout,
+    as_2d,
+    parse_spec,
+    prepare_layout,
+)
+from wquant.validation import check_int_range, check_positive
 
 
 class DampingWarning(UserWarning):
@@ -57,7 +64,7 @@ class GPTQConfig:
     dtype: float32 or float64 arithmetic.
     """
 
-    format: str | FormatSpec = "int4/block128:absmax:bf16"
+    format: str | FormatSpec = DEFAULT_FORMAT
     damp: float = 0.01
     max_damp: float = 10.0
     block_size: int = 128
@@ -88,6 +95,13 @@ class GPTQConfig:
     def needs_calibration(self) -> bool:
         return True
 
+    @property
+    def uses_calibration(self) -> bool:
+        return True
+
+    def with_format(self, spec: FormatSpec | str) -> GPTQConfig:
+        return replace(self, format=parse_spec(spec))
+
 
 @dataclass(frozen=True)
 class GPTQResult:
@@ -95,12 +109,6 @@ class GPTQResult:
     loss: float  # Σ (w − q)² / [H⁻¹]_jj / 2, GPTQ's own error estimate
     damping: float  # damping finally used, as a fraction of mean(diag H)
     dead_columns: int  # inputs that never fired (diag H = 0)
-
-
-def hessian_from_inputs(x: torch.Tensor, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """H = 2/n · XᵀX over the n rows (tokens) of `x` (..., in); the mean keeps H independent of n."""
-    flat = check_tensor(x, "calibration inputs").reshape(-1, x.shape[-1]).to(dtype)
-    return flat.T @ flat * (2.0 / flat.shape[0])
 
 
 def damped_inverse_factor(h: torch.Tensor, damp: float, max_damp: float, name: str) -> tuple[torch.Tensor, float]:
@@ -156,7 +164,7 @@ def gptq(
 
 def _gptq_on_grid(weight: torch.Tensor, hessian: torch.Tensor, config: GPTQConfig, name: str) -> GPTQResult:
     dtype = config.dtype
-    grid = prepare(weight, config.spec, dtype=dtype)
+    layout = prepare_layout(weight, config.spec, name=name)
     w = as_2d(weight.detach()).to(dtype).clone()
     rows, cols = w.shape
     h = check_hessian(hessian, cols, name).to(dtype).clone()
@@ -165,21 +173,23 @@ def _gptq_on_grid(weight: torch.Tensor, hessian: torch.Tensor, config: GPTQConfi
     if bool(dead.all()):
         raise ConvergenceError(f"{name}: Hessian is all zero; no calibration signal reached this layer")
     h.diagonal()[dead] = 1.0  # an input that never fired: its column is rounded plainly, no feedback needed
-    perm = column_order(h.diagonal(), grid.group_len, config.act_order)
+    perm = column_order(h.diagonal(), layout.group_len, config.act_order)
     inv_perm = torch.argsort(perm)
     w, h = w[:, perm], h[perm][:, perm]
     upper, level = damped_inverse_factor(h, config.damp, config.max_damp, name)
     diag_h = h.diagonal().clone()
     del h
 
-    original = as_2d(weight.detach()).to(dtype)
-    channel_like = grid.spec.scaling.granularity != "block"
-    if not (config.static_groups or channel_like):
-        grid.fixed[:] = False  # block scales are fixed when GPTQ reaches the block (from corrected weights)
-    elif config.scale_search:
-        importance = diag_h[inv_perm].expand(rows, cols)
-        mult = search_multipliers(grid, original, importance, 0.5, 1.0, config.search_grid)
-        grid.fit(original, 0, mult)
+    mask, stored_outliers = layout.outlier_mask(), layout.outlier_values(dtype)
+    original = layout.without_outliers(as_2d(weight.detach()).to(dtype))
+    fixed: dict[int, GroupScales] = {}
+    if config.static_groups or layout.spec.scaling.granularity != "block":  # else fixed when GPTQ reaches them
+        if config.scale_search:
+            importance = diag_h[inv_perm].expand(rows, cols)
+            scales = search_scales(layout, original, importance, 0.5, 1.0, config.search_grid)
+        else:
+            scales = layout.choose_scales(original)
+        fixed = {g: _group_column(scales, g) for g in range(scales.groups)}
 
     codes = torch.empty(rows, cols, dtype=torch.int64)
     loss = torch.zeros((), dtype=dtype)
@@ -196,16 +206,19 @@ def _gptq_on_grid(weight: torch.Tensor, hessian: torch.Tensor, config: GPTQConfi
         u_scaled = u_block / d.unsqueeze(1)  # row i over [U]_ii: one outer product per column, no division
         for i in range(i2 - i1):
             col = order[i1 + i]
-            g = col // grid.group_len
+            g = col // layout.group_len
             if g not in rounders:
-                if not bool(grid.fixed[g]):
+                if g not in fixed:
                     done = (diffs_t[:i] / d[:i, None]).T
-                    _fix_group(grid, g, w, block_t.T, done, upper, inv_perm, i1, diag_h, config)
-                rounders[g] = grid.column_rounder(g, dtype)
+                    current = _current_group(layout, g, w, block_t.T, done, upper, inv_perm, i1)
+                    fixed[g] = _fix_group(layout, g, current, diag_h[inv_perm[_cols(layout, g)]], config)
+                rounders[g] = column_rounder(layout, fixed[g], dtype)
             x = block_t[i]
-            code, q = rounders[g](_outlier_input(grid, x, col))
-            if grid.outlier_mask is not None:
-                q = torch.where(grid.outlier_mask[:, col], grid.outlier_values[:, col], q)  # type: ignore[index]
+            if mask is None:
+                code, q = rounders[g](x)
+            else:  # an outlier is stored exactly; its code is that of 0
+                code, q = rounders[g](x.masked_fill(mask[:, col], 0.0))
+                q = torch.where(mask[:, col], stored_outliers[:, col], q)  # type: ignore[index]
             codes_t[i] = code
             diff = torch.sub(x, q, out=diffs_t[i])
             block_t[i + 1 :].addr_(u_scaled[i, i + 1 :], diff, alpha=-1.0)
@@ -214,7 +227,39 @@ def _gptq_on_grid(weight: torch.Tensor, hessian: torch.Tensor, config: GPTQConfi
         codes[:, perm[i1:i2]] = codes_t.T.to(torch.int64)
         if i2 < cols:
             w[:, i2:].addmm_(errors_t.T, upper[i1:i2, i2:], alpha=-1.0)
-    return GPTQResult(grid.assemble(codes), float(loss), level, int(dead.sum()))
+    scales = GroupScales.cat([fixed[g] for g in range(layout.groups)])
+    return GPTQResult(layout.assemble(codes, scales), float(loss), level, int(dead.sum()))
+
+
+def column_rounder(
+    layout: TensorLayout, scales: GroupScales, dtype: torch.dtype
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Round single (rows,) columns of one group column: (codes as floats, values), the scale prepared once.
+
+    GPTQ rounds one column at a time, so per-call set-up dominates on small layers. Step (uniform) grids get
+    the same arithmetic as Codebook.encode/decode written out in place.
+    """
+    s = scales.scales[:, 0].to(dtype).expand(layout.rows).contiguous()
+    o = None if scales.offsets is None else scales.offsets[:, 0].to(dtype).expand(layout.rows).contiguous()
+    book = layout.book
+    safe = torch.where(s == 0, torch.ones_like(s), s)
+    if book.step is None:
+
+        def round_table(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            codes = book.encode(x / safe if o is None else (x - o) / safe)
+            values = book.decode(codes, x.dtype) * s
+            return codes.to(x.dtype), (values if o is None else values + o)
+
+        return round_table
+    lo, step, top = book.lo, book.step, float(book.size - 1)
+
+    def round_step(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shifted = x / safe if o is None else (x - o).div_(safe)
+        codes = shifted.sub_(lo).div_(step).round_().clamp_(0.0, top)
+        values = (codes * step).add_(lo).mul_(s)
+        return codes, (values if o is None else values.add_(o))
+
+    return round_step
 
 
 def column_order(diag_h: torch.Tensor, group_len: int, act_order: bool | str) -> torch.Tensor:
@@ -233,15 +278,20 @@ def column_order(diag_h: torch.Tensor, group_len: int, act_order: bool | str) ->
     return order[order < cols]
 
 
-def _outlier_input(grid: GroupGrid, x: torch.Tensor, col: int) -> torch.Tensor:
-    """Outlier positions are stored exactly; their code is that of 0, as in formats.quantize."""
-    if grid.outlier_mask is None:
-        return x
-    return x.masked_fill(grid.outlier_mask[:, col], 0.0)
+def _group_column(scales: GroupScales, g: int) -> GroupScales:
+    def part(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t[:, g : g + 1]
+
+    return GroupScales(part(scales.scales), part(scales.scale_codes), part(scales.offsets),  # type: ignore[arg-type]
+                       part(scales.offset_codes), scales.tensor_scale)  # fmt: skip
 
 
-def _fix_group(
-    grid: GroupGrid,
+def _cols(layout: TensorLayout, g: int) -> torch.Tensor:
+    return torch.arange(layout.cols)[layout.group_cols(g)]
+
+
+def _current_group(
+    layout: TensorLayout,
     g: int,
     w: torch.Tensor,
     block: torch.Tensor,
@@ -249,18 +299,15 @@ def _fix_group(
     upper: torch.Tensor,
     inv_perm: torch.Tensor,
     i1: int,
-    diag_h: torch.Tensor,
-    config: GPTQConfig,
-) -> None:
-    """Fix group column g's scales from the current (error-corrected) values of its columns.
+) -> torch.Tensor:
+    """Group column g's current (error-corrected) values, (rows, its columns) in storage order.
 
     None of its columns is rounded yet. Those inside the lazy block are up to date in `block`; those after it
     still lack the corrections of this block's columns rounded so far (`errors`), applied here on the fly.
     """
-    cols = torch.arange(grid.cols)[grid.group_cols(g)]
-    pos = inv_perm[cols]
+    pos = inv_perm[_cols(layout, g)]
     i2 = i1 + block.shape[1]
-    current = torch.empty(grid.rows, cols.numel(), dtype=w.dtype)
+    current = torch.empty(layout.rows, pos.numel(), dtype=w.dtype)
     inside = pos < i2
     current[:, inside] = block[:, pos[inside] - i1]
     later = pos[~inside]
@@ -268,22 +315,38 @@ def _fix_group(
         i = errors.shape[1]
         pending = errors @ upper[i1 : i1 + i, later] if i else 0.0
         current[:, ~inside] = w[:, later] - pending
-    mult: torch.Tensor | float = 1.0
+    return current
+
+
+def _fix_group(
+    layout: TensorLayout, g: int, current: torch.Tensor, importance: torch.Tensor, config: GPTQConfig
+) -> GroupScales:
+    """Group column g's scales from its current values (outliers zeroed), clip searched by diag(H) if asked."""
+    mask = layout.outlier_mask()
+    x = current if mask is None else current.masked_fill(mask[:, layout.group_cols(g)], 0.0)
     if config.scale_search:
-        mult = _search_one_group(grid, g, current, diag_h[pos], config.search_grid)
-    grid.fit(current, g, mult)
+        return search_scales(_one_group(layout, g), x, importance.expand_as(x), 0.5, 1.0, config.search_grid)
+    return layout.choose_scales(x)
 
 
-def _search_one_group(grid: GroupGrid, g: int, x: torch.Tensor, importance: torch.Tensor, points: int) -> torch.Tensor:
-    """search_multipliers restricted to one group column, on a small grid view of it."""
-    sub = GroupGrid(
-        spec=grid.spec, book=grid.book, shape=tuple(x.shape), dtype=x.dtype, rows=grid.rows, cols=x.shape[1],
-        table=grid.table, tensor_scale=grid.tensor_scale, scales=grid.scales[:, g : g + 1].clone(),
-        scale_codes=grid.scale_codes[:, g : g + 1].copy(),
-        offsets=None if grid.offsets is None else grid.offsets[:, g : g + 1].clone(),
-        offset_codes=None if grid.offset_codes is None else grid.offset_codes[:, g : g + 1].copy(),
-        fixed=torch.ones(1, dtype=torch.bool), outlier_index=grid.outlier_index, outlier_codes=grid.outlier_codes,
-        outlier_mask=None if grid.outlier_mask is None else grid.outlier_mask[:, grid.group_cols(g)],
-        outlier_values=None if grid.outlier_values is None else grid.outlier_values[:, grid.group_cols(g)],
-    )  # fmt: skip
-    return search_multipliers(sub, x, importance.expand_as(x), 0.5, 1.0, points)
+def _one_group(layout: TensorLayout, g: int) -> TensorLayout:
+    """The layout of group column g alone (its outliers included), for a clip search on that group."""
+    cols = layout.group_cols(g)
+    width = cols.stop - cols.start
+    index = layout.outlier_index
+    rows_of, cols_of = index // layout.cols, index % layout.cols
+    inside = (cols_of >= cols.start) & (cols_of < cols.stop)
+    sub_index = rows_of[inside] * width + cols_of[inside] - cols.start
+    return replace(layout, shape=(layout.rows, width), outlier_index=sub_index,
+                   outlier_codes=layout.outlier_codes[inside.numpy()])  # fmt: skip
+
+
+def _gptq_handler(weight: torch.Tensor, config: GPTQConfig, hessian: torch.Tensor | None, name: str) -> Quantized:
+    if hessian is None:
+        return Quantized(rtn(weight, RTNConfig(config.spec, search=False), name=name), "no inputs: RTN fallback")
+    result = gptq(weight, hessian, config, name=name)
+    return Quantized(result.quantized, f"damping {result.damping:g}" if result.damping != config.damp else "")
+
+
+register("gptq", GPTQConfig, _gptq_handler, from_format=lambda spec: GPTQConfig(spec),
+         summary="GPTQ: round column by column, push each error onto the rest via the inverse Hessian")  # fmt: skip

@@ -9,15 +9,16 @@ same stored fields and bits as RTN in the same format.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 
-from wquant.algorithms._grid import GroupGrid, as_2d, check_weight, compute_dtype, prepare
+from wquant.algorithms.common import check_weight
+from wquant.algorithms.registry import Quantized, register
 from wquant.errors import ParameterError, SpecError
-from wquant.formats import Codebook, FormatSpec, QuantizedTensor, parse_spec
+from wquant.formats import QuantizedTensor, TensorLayout, as_2d, compute_dtype, parse_spec, prepare_layout
 from wquant.formats.scaling import OFFSET_RULES
+from wquant.formats.spec import DEFAULT_FORMAT, FormatSpec
 from wquant.validation import check_int_range, check_positive
 
 
@@ -30,7 +31,7 @@ class HQQConfig:
     as soon as the tensor's l_p error stops falling and keeps the zeros of the best iterate.
     """
 
-    format: str | FormatSpec = "int4:unsigned/block64:minmax:bf16"
+    format: str | FormatSpec = DEFAULT_FORMAT
     p: float = 0.7
     beta: float = 10.0
     kappa: float = 1.01
@@ -60,6 +61,13 @@ class HQQConfig:
     def needs_calibration(self) -> bool:
         return False
 
+    @property
+    def uses_calibration(self) -> bool:
+        return False
+
+    def with_format(self, spec: FormatSpec | str) -> HQQConfig:
+        return replace(self, format=parse_spec(spec))
+
 
 def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
     """Generalised soft threshold sign(x)·relu(|x| − |x|^(p−1)/β): the proximal step of |·|^p (p = 1: soft).
@@ -83,18 +91,19 @@ def hqq(weight: torch.Tensor, config: HQQConfig | None = None, *, name: str = "w
     """
     config = config or HQQConfig()
     weight = check_weight(weight, name)
-    grid = prepare(weight, config.spec)
-    assert grid.offsets is not None and grid.offset_codes is not None
-    book, sc = grid.book, grid.spec.scaling
+    layout = prepare_layout(weight, config.spec, name=name)
+    book, sc = layout.book, layout.spec.scaling
     dtype = compute_dtype(weight.dtype)
-    x = grid.zero_outliers(as_2d(weight.detach()).to(dtype))
+    x = layout.without_outliers(as_2d(weight.detach()).to(dtype))
+    rtn_scales = layout.choose_scales(x)
+    assert rtn_scales.offsets is not None
     blocks, pad = sc.blocks(x)  # (rows or 1, groups, group length)
-    keep = _stored_mask(grid, pad, dtype)
+    keep = _stored_mask(layout, pad, dtype)
     count = keep.sum(dim=-1, keepdim=True)
-    scale = grid.scales.to(dtype).unsqueeze(-1)
+    scale = rtn_scales.scales.to(dtype).unsqueeze(-1)
     active = (scale > 0) & (count > 0)
     safe = torch.where(active, scale, torch.ones_like(scale))
-    z_rtn = -grid.offsets.to(dtype).unsqueeze(-1) / safe  # in level units: ŵ = s·(level − z)
+    z_rtn = -rtn_scales.offsets.to(dtype).unsqueeze(-1) / safe  # in level units: ŵ = s·(level − z)
 
     def residual(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         levels = book.decode(book.encode(blocks / safe + z), dtype)
@@ -118,33 +127,32 @@ def hqq(weight: torch.Tensor, config: HQQConfig | None = None, *, name: str = "w
         best_z, best = z, error
 
     # Store the zeros as the format does (zeropoint: the nearest level); keep RTN's if storing lost the gain.
+    # with_offsets takes a group minimum m and stores m − s·lo (minmax) or the level nearest lo − m/s
+    # (zeropoint); m = s·(lo − z) makes both mean "zero z".
+    stored = layout.with_offsets(rtn_scales, (scale * (book.lo - best_z)).squeeze(-1).to(rtn_scales.scales.dtype))
     use = active.squeeze(-1)
-    offsets, offset_codes = _store(grid, book, best_z, safe)
-    offsets = torch.where(use, offsets, grid.offsets)
-    stored_error = float(lp_error(residual(-offsets.to(dtype).unsqueeze(-1) / safe)[0]).sum())
-    if stored_error < rtn_error:
-        grid.offsets, grid.offset_codes = offsets, np.where(use.numpy(), offset_codes, grid.offset_codes)
-    codes, _ = grid.round_all(x)
-    return grid.assemble(codes)
+    stored = rtn_scales.where(use, stored)
+    assert stored.offsets is not None
+    stored_error = float(lp_error(residual(-stored.offsets.to(dtype).unsqueeze(-1) / safe)[0]).sum())
+    scales = stored if stored_error < rtn_error else rtn_scales
+    return layout.assemble(layout.encode(x, scales), scales)
 
 
-def _stored_mask(grid: GroupGrid, pad: int, dtype: torch.dtype) -> torch.Tensor:
+def _stored_mask(layout: TensorLayout, pad: int, dtype: torch.dtype) -> torch.Tensor:
     """Block-view weights of the error: 1 for stored elements, 0 for block padding and exact outliers."""
-    keep = torch.ones(grid.rows, grid.cols, dtype=dtype)
-    if grid.outlier_mask is not None:
-        keep = keep.masked_fill(grid.outlier_mask, 0.0)
-    blocks, _ = grid.spec.scaling.blocks(keep)
+    keep = torch.ones(layout.rows, layout.cols, dtype=dtype)
+    mask = layout.outlier_mask()
+    if mask is not None:
+        keep = keep.masked_fill(mask, 0.0)
+    blocks, _ = layout.spec.scaling.blocks(keep)
     if pad:  # blocks() replicates the last column into the padding; padding is never stored
         blocks[:, -1, blocks.shape[-1] - pad :] = 0.0
     return blocks
 
 
-def _store(grid: GroupGrid, book: Codebook, z: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-    """Offsets −s·z as the format stores them, through `Scaling.store_offsets` exactly as `GroupGrid.fit` does.
+def _hqq_handler(weight: torch.Tensor, config: HQQConfig, hessian: torch.Tensor | None, name: str) -> Quantized:
+    return Quantized(hqq(weight, config, name=name))
 
-    store_offsets takes a group minimum m and stores m − s·lo (minmax) or the level nearest lo − m/s
-    (zeropoint); m = s·(lo − z) makes both mean "zero z".
-    """
-    mins = (scale * (book.lo - z)).squeeze(-1).to(grid.scales.dtype)
-    offsets, codes = grid.spec.scaling.store_offsets(mins, grid.scales, book)
-    return offsets.to(grid.offsets.dtype).reshape(grid.scales.shape), np.asarray(codes).reshape(grid.scales.shape)  # type: ignore[union-attr]
+
+register("hqq", HQQConfig, _hqq_handler, from_format=lambda spec: HQQConfig(spec),
+         summary="HQQ: data-free zero optimisation of scale+zero formats (minmax or zeropoint rule)")  # fmt: skip

@@ -15,16 +15,28 @@ The paper's own optimisation details are not public (formats.md B2); these are o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 import torch
 
-from wquant.algorithms._grid import as_2d, check_hessian, check_weight, compute_dtype, prepare
+from wquant.algorithms.common import check_hessian, check_weight
 from wquant.algorithms.gptq import GPTQConfig, gptq
-from wquant.errors import ParameterError
-from wquant.formats import FormatSpec, QuantizedTensor, parse_spec, quantize
+from wquant.algorithms.registry import Quantized, register
+from wquant.algorithms.statistics import relative_error
+from wquant.errors import ParameterError, SpecError
+from wquant.formats import (
+    FormatSpec,
+    IntGrid,
+    PowerGrid,
+    QuantizedTensor,
+    as_2d,
+    compute_dtype,
+    parse_spec,
+    prepare_layout,
+    quantize,
+)
 from wquant.formats.spec import parse_scaling
 from wquant.validation import check_int_range, check_positive
 
@@ -75,6 +87,31 @@ class NUPESConfig:
         return False  # works data-free; uses calibration when given
 
     @property
+    def uses_calibration(self) -> bool:
+        return True
+
+    @staticmethod
+    def from_format(spec: FormatSpec | str, **options: object) -> NUPESConfig:
+        """NUPES on the bits and scaling of `spec`: a symmetric int grid (exponent searched) or a power grid
+        pow<a>:<b> (exponent a kept). Other grids and modifiers have no power-grid form and are refused."""
+        spec = parse_spec(spec)
+        element = spec.element
+        usable = isinstance(element, PowerGrid) or (isinstance(element, IntGrid) and element.variant == "sym")
+        if not usable or spec.outliers is not None or spec.coding is not None or spec.scaling.search:
+            raise SpecError(
+                f"NUPES quantizes onto a power grid pow<a>:<bits>; {spec.to_string()!r} has no such form. Give a "
+                "symmetric int grid (e.g. int4/block128:absmax:fp16, exponent searched) or pow<a>:<bits>/..., "
+                "without +search, +outliers or +coded"
+            )
+        exponent = element.exponent if isinstance(element, PowerGrid) else None
+        return NUPESConfig(**{"bits": element.bits, "scaling": spec.scaling.token, "exponent": exponent,
+                              **options})  # type: ignore[arg-type]  # fmt: skip
+
+    def with_format(self, spec: FormatSpec | str) -> NUPESConfig:
+        target = NUPESConfig.from_format(spec)
+        return replace(self, bits=target.bits, scaling=target.scaling, exponent=target.exponent)
+
+    @property
     def format_family(self) -> str:
         return f"pow<a>:{self.bits}/{self.scaling}"
 
@@ -92,18 +129,6 @@ class NUPESResult:
 def power_spec(bits: int, exponent: float, scaling: str = "channel:absmax:bf16") -> FormatSpec:
     """The `pow<a>:<bits>/<scaling>` spec; a is kept to 4 decimals so the spec string stays short."""
     return parse_spec(f"pow{round(float(exponent), 4)!r}:{bits}/{scaling}".replace("e+", "e"))
-
-
-def relative_error(weight: torch.Tensor, approx: torch.Tensor, hessian: torch.Tensor | None) -> float:
-    """‖ΔW‖²/‖W‖², or tr(ΔW·H·ΔWᵀ)/tr(W·H·Wᵀ) (the layer output error) when a Hessian is given."""
-    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    w = as_2d(weight).to(dtype)
-    delta = w - as_2d(approx).to(dtype)
-    tiny = torch.finfo(dtype).tiny
-    if hessian is None:
-        return float(delta.square().sum() / w.square().sum().clamp(min=tiny))
-    h = hessian.to(dtype)
-    return float(((delta @ h) * delta).sum() / ((w @ h) * w).sum().clamp(min=tiny))
 
 
 def search_exponent(
@@ -171,17 +196,18 @@ def learn_codes(
     Scales stay those of the format (absmax of the original weight), so the result is the same format at
     the same bits; only codes move, and they may move to any level of the grid.
     """
-    grid = prepare(weight, spec)
+    layout = prepare_layout(weight, spec)
     dtype = compute_dtype(weight.dtype)
     w = as_2d(weight.detach()).to(dtype)
     h = hessian.detach().to(dtype)
-    s = grid.full(grid.scales).to(dtype)
-    o = None if grid.offsets is None else grid.full(grid.offsets).to(dtype)
+    scales = layout.choose_scales(layout.without_outliers(w))
+    s = layout.per_element(scales.scales).to(dtype)
+    o = None if scales.offsets is None else layout.per_element(scales.offsets).to(dtype)
     safe = torch.where(s == 0, torch.ones_like(s), s)
     start = w if init == "rtn" else gptq(weight, hessian, GPTQConfig(spec)).quantized.dequantize().to(dtype)
     start = as_2d(start)
-    latent = ((grid.zero_outliers(start) - (0 if o is None else o)) / safe).clone().requires_grad_(True)
-    book = grid.book
+    latent = ((layout.without_outliers(start) - (0 if o is None else o)) / safe).clone().requires_grad_(True)
+    book = layout.book
     norm = ((w @ h) * w).sum().clamp(min=torch.finfo(dtype).tiny)
 
     def hard(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,10 +216,7 @@ def learn_codes(
         return codes, values
 
     def to_weight(levels: torch.Tensor) -> torch.Tensor:
-        out = levels * s if o is None else levels * s + o
-        if grid.outlier_mask is not None:
-            out = torch.where(grid.outlier_mask, grid.outlier_values.to(dtype), out)  # type: ignore[union-attr]
-        return out
+        return layout.restore_outliers(levels * s if o is None else levels * s + o)
 
     def loss_of(approx: torch.Tensor) -> torch.Tensor:
         delta = approx - w
@@ -216,4 +239,13 @@ def learn_codes(
     codes, values = hard(latent)
     if float(loss_of(to_weight(values))) < best:
         best_codes = codes
-    return grid.assemble(best_codes)
+    return layout.assemble(best_codes, scales)
+
+
+def _nupes_handler(weight: torch.Tensor, config: NUPESConfig, hessian: torch.Tensor | None, name: str) -> Quantized:
+    result = nupes(weight, config, hessian=hessian, name=name)
+    return Quantized(result.quantized, f"a={result.exponent:g}")
+
+
+register("nupes", NUPESConfig, _nupes_handler, from_format=NUPESConfig.from_format,
+         summary="NUPES: power grid sign(w)|w|^a, exponent searched, codes learned on the layer Hessian")  # fmt: skip

@@ -8,22 +8,28 @@ per column, llama.cpp's imatrix idea) or a Fisher estimate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 import torch
 
-from wquant.algorithms._grid import (
-    GroupGrid,
-    as_2d,
-    check_hessian,
-    check_weight,
-    prepare,
-    refuse_clip_search_on_unbounded_grid,
-)
+from wquant.algorithms.common import check_hessian, check_weight, refuse_clip_search_on_unbounded_grid
+from wquant.algorithms.registry import Quantized, register
 from wquant.errors import ParameterError, TensorError
-from wquant.formats import FormatSpec, QuantizedTensor, parse_spec
+from wquant.formats import (
+    DEFAULT_FORMAT,
+    FormatSpec,
+    GroupScales,
+    QuantizedTensor,
+    TensorLayout,
+    as_2d,
+    compute_dtype,
+    parse_spec,
+    prepare_layout,
+    quantize,
+)
+from wquant.formats.layout import reconstruct
 from wquant.validation import check_int_range, check_positive
 
 Importance = Literal["ones", "abs", "hessian", "fisher"]
@@ -40,7 +46,7 @@ class RTNConfig:
     run as far as the data), so it takes no search: its precision is its step or its bits budget.
     """
 
-    format: str | FormatSpec = "int4/block64:absmax:bf16"
+    format: str | FormatSpec = DEFAULT_FORMAT
     search: bool = True
     importance: Importance = "ones"
     grid: int = 32
@@ -72,7 +78,14 @@ class RTNConfig:
 
     @property
     def needs_calibration(self) -> bool:
+        return False  # a Hessian-weighted search without inputs falls back to plain MSE (noted per layer)
+
+    @property
+    def uses_calibration(self) -> bool:
         return self.search and self.importance == "hessian"
+
+    def with_format(self, spec: FormatSpec | str) -> RTNConfig:
+        return replace(self, format=parse_spec(spec))
 
 
 def importance_weights(
@@ -96,31 +109,30 @@ def importance_weights(
     return as_2d(fisher).to(w2d.dtype)
 
 
-def search_multipliers(
-    grid: GroupGrid, x: torch.Tensor, importance: torch.Tensor | None, lo: float, hi: float, points: int
-) -> torch.Tensor:
-    """Per-group clip multipliers (scale rows, groups) minimising the weighted squared error of `x`."""
+def search_scales(
+    layout: TensorLayout, x: torch.Tensor, importance: torch.Tensor | None, lo: float, hi: float, points: int
+) -> GroupScales:
+    """Per group, the scales of the clip multiplier in [lo, hi] (1.0 always tried) with the least weighted error.
+
+    x: (rows, k) values with outliers zeroed, starting on a group boundary; outlier positions (stored
+    exactly, whatever the scale) do not count. importance: (rows, k) weights of the squared error, or None.
+    """
     candidates = np.unique(np.concatenate([np.exp(np.linspace(np.log(lo), np.log(hi), points)), [1.0]]))
-    base_scales, base_codes = grid.scales.clone(), grid.scale_codes.copy()
-    base_offsets = None if grid.offsets is None else grid.offsets.clone()
-    base_offset_codes = None if grid.offset_codes is None else grid.offset_codes.copy()
-    best_err = best_mult = None
+    mask = layout.outlier_mask()
+    keep = None if mask is None else (~mask[:, : x.shape[1]]).to(x.dtype)
+    weight = importance if keep is None else (keep if importance is None else importance * keep)
+    best = best_err = None
     for c in candidates:
-        grid.fit(x, 0, float(c))
-        _, values = grid.round_all(x)
-        sq = (values - x).square()
-        err = grid.group_sum(sq if importance is None else sq * importance)
-        if best_err is None:
-            best_err, best_mult = err, torch.full_like(err, float(c))
+        scales = layout.choose_scales(x, float(c))
+        sq = (reconstruct(layout, x, scales) - x).square()
+        err = layout.group_sum(sq if weight is None else sq * weight)
+        if best is None or best_err is None:
+            best, best_err = scales, err
         else:
             better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best_mult = torch.where(better, torch.full_like(err, float(c)), best_mult)
-    grid.scales, grid.scale_codes, grid.offsets, grid.offset_codes = (
-        base_scales, base_codes, base_offsets, base_offset_codes,
-    )  # fmt: skip
-    assert best_mult is not None
-    return best_mult
+            best, best_err = best.where(better, scales), torch.where(better, err, best_err)
+    assert best is not None
+    return best
 
 
 def rtn(
@@ -138,12 +150,23 @@ def rtn(
     """
     config = config or RTNConfig()
     weight = check_weight(weight, name)
-    grid = prepare(weight, config.spec)
-    x = as_2d(weight.detach()).to(grid.scales.dtype if weight.dtype != torch.float64 else torch.float64)
-    if config.search:
-        imp = importance_weights(x, config.importance, hessian=hessian, fisher=fisher)
-        lo, hi = config.bounds
-        mult = search_multipliers(grid, x, imp, lo, hi, config.grid)
-        grid.fit(x, 0, mult)
-    codes, _ = grid.round_all(x)
-    return grid.assemble(codes)
+    if not config.search:
+        return quantize(weight, config.spec, name=name)
+    layout = prepare_layout(weight, config.spec, name=name)
+    x = layout.without_outliers(as_2d(weight.detach()).to(compute_dtype(weight.dtype)))
+    imp = importance_weights(x, config.importance, hessian=hessian, fisher=fisher)
+    lo, hi = config.bounds
+    scales = search_scales(layout, x, imp, lo, hi, config.grid)
+    return layout.assemble(layout.encode(x, scales), scales)
+
+
+def _rtn_handler(weight: torch.Tensor, config: RTNConfig, hessian: torch.Tensor | None, name: str) -> Quantized:
+    if config.uses_calibration and hessian is None:
+        return Quantized(rtn(weight, replace(config, importance="ones"), name=name), "no inputs: plain-MSE clip")
+    return Quantized(rtn(weight, config, hessian=hessian, name=name))
+
+
+register("rtn", RTNConfig, _rtn_handler, from_format=lambda spec: RTNConfig(spec, search=False),
+         summary="round to nearest (data-free)")  # fmt: skip
+register("rtn-search", RTNConfig, _rtn_handler, from_format=lambda spec: RTNConfig(spec, search=True),
+         summary="round to nearest, each group's clip searched on the weight MSE (data-free)")  # fmt: skip

@@ -1,26 +1,19 @@
 """Fisher-based bit allocation: estimate each tensor's sensitivity, then give it the format that minimises the
 predicted KL under an all-in bits/param budget, landing on the budget exactly as far as the formats allow.
 
->>> from wquant.allocation import AdviseConfig, advise, apply_plan
+>>> from wquant.allocation import AdviseConfig, advise
 >>> plan, table, fisher = advise(model, tokenizer, "causal-lm", calibration_text, AdviseConfig(budget=4.0))
->>> apply_plan(model, plan)  # quantize_model with the plan; model_bits(model).bits_per_param <= 4.0
+>>> wquant.quantize_(model, plan.quantize_config()); plan.check_applied(model)  # bits/param <= 4.0
 """
 
 from wquant.allocation.advise import (
     DEFAULT_BITS,
     DEFAULT_FORMATS,
     AdviseConfig,
-    Candidate,
-    CandidateTable,
     CausalProbe,
     EncoderProbe,
-    Plan,
     PredictionCheck,
-    TensorCandidates,
-    TensorPlan,
     advise,
-    allocate,
-    apply_plan,
     bits_at_distortion,
     check_prediction,
     dequantized,
@@ -30,16 +23,17 @@ from wquant.allocation.advise import (
     measure_plan,
     spearman,
     substituted,
-    uniform_plan,
 )
 from wquant.allocation.allocate import (
     ContinuousAllocation,
     Option,
+    allocate,
     am_gm_saving,
     closed_form_bits,
     lower_hull,
     model_kl,
     solve_budget,
+    uniform_plan,
 )
 from wquant.allocation.fisher import (
     FisherConfig,
@@ -49,8 +43,8 @@ from wquant.allocation.fisher import (
     calibration_texts,
     estimate_fisher,
     sampled_labels,
-    weight_sites,
 )
+from wquant.allocation.plan import Candidate, CandidateTable, Plan, TensorCandidates, TensorPlan
 
 __all__ = [
     "DEFAULT_BITS",
@@ -73,7 +67,6 @@ __all__ = [
     "advise",
     "allocate",
     "am_gm_saving",
-    "apply_plan",
     "bits_at_distortion",
     "calibration_texts",
     "check_prediction",
@@ -91,5 +84,4 @@ __all__ = [
     "spearman",
     "substituted",
     "uniform_plan",
-    "weight_sites",
 ]

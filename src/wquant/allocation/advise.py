@@ -1,35 +1,30 @@
-"""The plan: which format each tensor gets at a model-level bits/param budget, and how to check it.
+"""Advice: measure every candidate format on every tensor, allocate at a budget, and check the prediction.
 
-Costs are measured, not modelled: every tensor is quantized with every candidate format, its exact stored
-bits (`QuantizedTensor.bits()`) and its error δ_t are recorded, and the predicted ΔKL is ½ F̄_t ‖δ_t‖²
-("mean", the paper's tensor-constant Fisher) or ½ Σ F_ii δ_i² ("diag"). The budget is all-in, as
-`model_bits` counts it: unquantized parameters (norms, biases) cost their dtype width, tied weights count once.
-So the solver's bit total *is* the applied model's total, and the plan lands on the budget exactly as far as
-the candidates' bit sizes allow.
+The solver's bit total *is* the applied model's total (exact stored bits, all-in), so the plan lands on the
+budget exactly as far as the candidates' bit sizes allow.
 """
 
 from __future__ import annotations
 
-import glob
-import json
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from wquant.allocation.allocate import Option, closed_form_bits, solve_budget
-from wquant.allocation.fisher import FisherConfig, FisherEstimate, Task, estimate_fisher, weight_sites
-from wquant.errors import BudgetError, ParameterError, SpecError
-from wquant.evaluate import kl_terms, token_windows
+from wquant.allocation.allocate import allocate
+from wquant.allocation.fisher import FisherConfig, FisherEstimate, Task, estimate_fisher
+from wquant.allocation.plan import Candidate, CandidateTable, Plan, TensorCandidates, Weighting
+from wquant.data import token_windows
+from wquant.errors import ParameterError, SpecError
+from wquant.evaluate import kl_terms
 from wquant.formats import parse_spec, quantize
-from wquant.models import QuantizeConfig, model_bits, quantize_model, sentence_embeddings
+from wquant.models import sentence_embeddings, weight_sites
 from wquant.validation import check_positive
 
-Weighting = Literal["mean", "diag"]
 DEFAULT_FORMATS = ("int{b}/block64:absmax:bf16",)
 DEFAULT_BITS = (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
 
@@ -74,47 +69,6 @@ def expand_formats(formats: Sequence[str], bits: Sequence[float]) -> tuple[str, 
     return tuple(out)
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One measured way to store a tensor."""
-
-    source: str  # the candidate spec as asked for (a budget spec before its step was found)
-    spec: str  # the concrete spec that reproduces these exact bits
-    bits: int
-    sq_error: float  # ‖δ‖²
-    weighted_error: float  # Σ F_ii δ_i²
-
-
-@dataclass(frozen=True)
-class TensorCandidates:
-    name: str
-    numel: int
-    fisher_mean: float
-    rms: float
-    candidates: tuple[Candidate, ...]
-
-    def cost(self, c: Candidate, weighting: Weighting) -> float:
-        """Predicted ΔKL of storing this tensor as `c`."""
-        return 0.5 * (self.fisher_mean * c.sq_error if weighting == "mean" else c.weighted_error)
-
-
-@dataclass(frozen=True)
-class CandidateTable:
-    """Every tensor's measured candidates, plus the bits the allocation cannot change."""
-
-    tensors: tuple[TensorCandidates, ...]
-    fixed_bits: int  # unquantized parameters at their dtype width
-    params: int  # every distinct parameter of the model
-    targets: tuple[str, ...]
-    mode: str  # Fisher mode the costs came from
-
-    def min_bits_per_param(self) -> float:
-        return (self.fixed_bits + sum(min(c.bits for c in t.candidates) for t in self.tensors)) / self.params
-
-    def max_bits_per_param(self) -> float:
-        return (self.fixed_bits + sum(max(c.bits for c in t.candidates) for t in self.tensors)) / self.params
-
-
 def _fixed_bits(model: nn.Module, allocated: set[int]) -> tuple[int, int]:
     fixed, params = 0, 0
     for p in model.parameters():  # deduplicated, as model_bits counts
@@ -155,120 +109,6 @@ def measure_candidates(
     return CandidateTable(tuple(rows), fixed, params, tuple(targets), fisher.mode)
 
 
-@dataclass(frozen=True)
-class TensorPlan:
-    name: str
-    numel: int
-    fisher_mean: float
-    rms: float
-    continuous_bits: float  # the closed form's b_t (all-in bits/param of this tensor)
-    spec: str
-    bits: int
-    sq_error: float
-    predicted_kl: float
-
-    @property
-    def bits_per_param(self) -> float:
-        return self.bits / self.numel
-
-    @property
-    def module(self) -> str:
-        return self.name.removesuffix(".weight")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A format per tensor; bits are exact stored bits, so `bits_per_param` is what `model_bits` will report."""
-
-    budget: float
-    tensors: tuple[TensorPlan, ...]
-    fixed_bits: int
-    params: int
-    targets: tuple[str, ...]
-    weighting: str
-    mode: str
-
-    @property
-    def total_bits(self) -> int:
-        return self.fixed_bits + sum(t.bits for t in self.tensors)
-
-    @property
-    def bits_per_param(self) -> float:
-        return self.total_bits / self.params
-
-    @property
-    def predicted_kl(self) -> float:
-        return sum(t.predicted_kl for t in self.tensors)
-
-    def quantize_config(self) -> QuantizeConfig:
-        """Exactly the planned tensors, each with its concrete spec (module paths escaped as literal globs)."""
-        paths = tuple(glob.escape(t.module) for t in self.tensors)
-        return QuantizeConfig(
-            format=self.tensors[0].spec,
-            targets=self.targets,
-            include=paths,
-            overrides=tuple((p, t.spec) for p, t in zip(paths, self.tensors, strict=True)),
-        )
-
-    def to_json(self) -> str:
-        return json.dumps({**asdict(self), "bits_per_param": self.bits_per_param}, indent=1)
-
-    @staticmethod
-    def from_json(text: str) -> Plan:
-        try:
-            data = json.loads(text)
-            data.pop("bits_per_param", None)
-            tensors = tuple(TensorPlan(**t) for t in data.pop("tensors"))
-            return Plan(tensors=tensors, **{**data, "targets": tuple(data["targets"])})
-        except (json.JSONDecodeError, TypeError, KeyError) as exc:
-            raise ParameterError(f"plan JSON does not parse ({exc})") from None
-
-
-def _closed_form(table: CandidateTable, budget: float) -> tuple[float, ...]:
-    n = [t.numel for t in table.tensors]
-    mean_bits = (budget * table.params - table.fixed_bits) / sum(n)
-    return closed_form_bits(n, [t.rms for t in table.tensors], [t.fisher_mean for t in table.tensors], mean_bits).bits
-
-
-def _plan(table: CandidateTable, budget: float, chosen: Sequence[int], weighting: Weighting) -> Plan:
-    continuous = _closed_form(table, budget)
-    rows = []
-    for t, i, b in zip(table.tensors, chosen, continuous, strict=True):
-        c = t.candidates[i]
-        rows.append(
-            TensorPlan(t.name, t.numel, t.fisher_mean, t.rms, b, c.spec, c.bits, c.sq_error, t.cost(c, weighting))
-        )
-    return Plan(budget, tuple(rows), table.fixed_bits, table.params, table.targets, weighting, table.mode)
-
-
-def allocate(table: CandidateTable, budget: float, weighting: Weighting = "mean") -> Plan:
-    """The plan with measured all-in bits/param ≤ budget that minimises the predicted KL (allocate.py)."""
-    check_positive(budget, "budget")
-    limit = math.floor(budget * table.params) - table.fixed_bits
-    lowest = table.min_bits_per_param()
-    if limit < sum(min(c.bits for c in t.candidates) for t in table.tensors):
-        raise BudgetError(
-            f"budget {budget} bits/param is below the cheapest candidate formats: the minimum achievable is "
-            f"{lowest:.4f} bits/param all-in (unquantized parameters cost {table.fixed_bits / table.params:.4f}); "
-            f"raise the budget or add a smaller format"
-        )
-    options = [[Option(c.bits, t.cost(c, weighting)) for c in t.candidates] for t in table.tensors]
-    return _plan(table, budget, solve_budget(options, limit), weighting)
-
-
-def uniform_plan(table: CandidateTable, spec: str, weighting: Weighting = "mean") -> Plan:
-    """Every tensor in one candidate format (the baseline the allocation is compared with)."""
-    wanted = parse_spec(spec).to_string()
-    chosen = []
-    for t in table.tensors:
-        match = [i for i, c in enumerate(t.candidates) if c.source == wanted]
-        if not match:
-            raise ParameterError(f"{spec!r} is not among the measured candidates")
-        chosen.append(match[0])
-    plan = _plan(table, 0.0, chosen, weighting)
-    return replace(plan, budget=plan.bits_per_param)  # its own size is its budget; closed form kept for reference
-
-
 def advise(
     model: nn.Module, tokenizer: Any, task: Task, calibration_text: str, config: AdviseConfig
 ) -> tuple[Plan, CandidateTable, FisherEstimate]:
@@ -276,18 +116,6 @@ def advise(
     fisher = estimate_fisher(model, tokenizer, calibration_text, task, config.fisher)
     table = measure_candidates(model, fisher, config.formats, config.bits, targets=config.fisher.targets)
     return allocate(table, config.budget, config.weighting), table, fisher
-
-
-def apply_plan(model: nn.Module, plan: Plan) -> nn.Module:
-    """Quantize `model` in place with the plan and check that its measured bits are the planned bits."""
-    quantize_model(model, plan.quantize_config())
-    measured = model_bits(model)
-    if measured.bits != plan.total_bits or measured.params != plan.params:
-        raise BudgetError(
-            f"applied model stores {measured.bits} bits over {measured.params} params, the plan said "
-            f"{plan.total_bits} over {plan.params}; was the plan made for another model?"
-        )
-    return model
 
 
 # ---------------------------------------------------------------------------------------------- checking

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from wquant.allocation.plan import CandidateTable, Plan, TensorPlan, Weighting
 from wquant.errors import BudgetError, ParameterError
+from wquant.formats import parse_spec
+from wquant.validation import check_positive
 
 
 @dataclass(frozen=True)
@@ -151,3 +154,48 @@ def _fill(choices: Sequence[Sequence[Option]], chosen: list[int], slack: int) ->
         _, t, i = best
         slack -= choices[t][i].bits - choices[t][chosen[t]].bits
         chosen[t] = i
+
+
+def _closed_form(table: CandidateTable, budget: float) -> tuple[float, ...]:
+    n = [t.numel for t in table.tensors]
+    mean_bits = (budget * table.params - table.fixed_bits) / sum(n)
+    return closed_form_bits(n, [t.rms for t in table.tensors], [t.fisher_mean for t in table.tensors], mean_bits).bits
+
+
+def _plan(table: CandidateTable, budget: float, chosen: Sequence[int], weighting: Weighting) -> Plan:
+    continuous = _closed_form(table, budget)
+    rows = []
+    for t, i, b in zip(table.tensors, chosen, continuous, strict=True):
+        c = t.candidates[i]
+        rows.append(
+            TensorPlan(t.name, t.numel, t.fisher_mean, t.rms, b, c.spec, c.bits, c.sq_error, t.cost(c, weighting))
+        )
+    return Plan(budget, tuple(rows), table.fixed_bits, table.params, table.targets, weighting, table.mode)
+
+
+def allocate(table: CandidateTable, budget: float, weighting: Weighting = "mean") -> Plan:
+    """The plan with measured all-in bits/param ≤ budget that minimises the predicted KL (allocate.py)."""
+    check_positive(budget, "budget")
+    limit = math.floor(budget * table.params) - table.fixed_bits
+    lowest = table.min_bits_per_param()
+    if limit < sum(min(c.bits for c in t.candidates) for t in table.tensors):
+        raise BudgetError(
+            f"budget {budget} bits/param is below the cheapest candidate formats: the minimum achievable is "
+            f"{lowest:.4f} bits/param all-in (unquantized parameters cost {table.fixed_bits / table.params:.4f}); "
+            f"raise the budget or add a smaller format"
+        )
+    options = [[Option(c.bits, t.cost(c, weighting)) for c in t.candidates] for t in table.tensors]
+    return _plan(table, budget, solve_budget(options, limit), weighting)
+
+
+def uniform_plan(table: CandidateTable, spec: str, weighting: Weighting = "mean") -> Plan:
+    """Every tensor in one candidate format (the baseline the allocation is compared with)."""
+    wanted = parse_spec(spec).to_string()
+    chosen = []
+    for t in table.tensors:
+        match = [i for i, c in enumerate(t.candidates) if c.source == wanted]
+        if not match:
+            raise ParameterError(f"{spec!r} is not among the measured candidates")
+        chosen.append(match[0])
+    plan = _plan(table, 0.0, chosen, weighting)
+    return replace(plan, budget=plan.bits_per_param)  # its own size is its budget; closed form kept for reference

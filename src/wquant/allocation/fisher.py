@@ -24,7 +24,7 @@ import copy
 import json
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wquant.data import MIN_PARAGRAPH_CHARS, is_heading, token_windows
 from wquant.errors import CorruptDataError, ParameterError
-from wquant.evaluate import MIN_PARAGRAPH_CHARS, is_heading, token_windows
 from wquant.io import atomic_write
-from wquant.models import mean_pooled, module_kind
+from wquant.models import mean_pooled, module_kind, weight_sites
 from wquant.validation import check_int_range
 
 FisherMode = Literal["auto", "true", "empirical", "embedding"]
@@ -70,39 +70,6 @@ class FisherConfig:
         object.__setattr__(self, "targets", tuple(self.targets))
         if not set(self.targets) <= {"linear", "embedding"} or not self.targets:
             raise ParameterError(f"targets {self.targets!r} invalid; choose from linear, embedding")
-
-
-@dataclass(frozen=True)
-class WeightSite:
-    """One distinct quantizable weight: its first module path (as quantize_model names it) and layout."""
-
-    path: str
-    kind: str  # "linear", "transposed" (Conv1D) or "embedding"
-    module: nn.Module = field(compare=False, repr=False)
-
-    @property
-    def name(self) -> str:
-        return f"{self.path}.weight"
-
-    def weight(self) -> torch.Tensor:
-        """The weight in wquant's storage layout (out, in): Conv1D's (in, out) is transposed."""
-        w = self.module.weight.detach()
-        return w.t() if self.kind == "transposed" else w
-
-
-def weight_sites(model: nn.Module, targets: tuple[str, ...] = ("linear", "embedding")) -> list[WeightSite]:
-    """Distinct Linear/Conv1D/Embedding weights in `quantize_model`'s order; a tied weight appears once."""
-    seen: set[int] = set()
-    out: list[WeightSite] = []
-    for path, module in model.named_modules(remove_duplicate=False):
-        kind = module_kind(module)
-        if kind is None or ("embedding" if kind == "embedding" else "linear") not in targets:
-            continue
-        if id(module.weight) in seen:
-            continue
-        seen.add(id(module.weight))
-        out.append(WeightSite(path, kind, module))
-    return out
 
 
 @dataclass(frozen=True)
@@ -377,7 +344,6 @@ __all__ = [
     "FisherConfig",
     "FisherEstimate",
     "TensorFisher",
-    "WeightSite",
     "accumulate_fisher",
     "calibration_texts",
     "causal_loss",
@@ -386,5 +352,4 @@ __all__ = [
     "resolve_mode",
     "sampled_labels",
     "summarize",
-    "weight_sites",
 ]

@@ -92,7 +92,7 @@ def _run(
         measure_candidates,
     )
     from wquant.allocation.fisher import FISHER_JSON
-    from wquant.evaluate import read_text
+    from wquant.data import read_text
     from wquant.models import load_pretrained, model_bits, save_quantized
 
     logging.disable_progress_bar()

@@ -15,7 +15,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from wquant.algorithms.registry import algorithm_names
 from wquant.cli.app import WquantApp, stdout_console
+from wquant.formats.spec import DEFAULT_FORMAT
 from wquant.errors import ParameterError
 
 app = WquantApp(help="Quantize whole models, evaluate them, train a small causal-LM testbed.")
@@ -52,12 +54,20 @@ def parse_overrides(items: list[str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def _config(fmt: str, overrides: list[str] | None, targets: list[str] | None, excludes: list[str] | None) -> Any:
-    from wquant.models import TARGET_KINDS, QuantizeConfig
+def _config(
+    fmt: str, overrides: list[str] | None, targets: list[str] | None, excludes: list[str] | None,
+    algorithm: str = "rtn",
+) -> Any:  # fmt: skip
+    """The QuantizeConfig of the CLI options: the algorithm on --format, targets (default: linear), excludes and
+    overrides (an override's SPEC runs the same algorithm on that format; 'none' keeps the module)."""
+    from wquant.algorithms import config_for
+    from wquant.formats import parse_spec
+    from wquant.models import QuantizeConfig
 
     return QuantizeConfig(
-        fmt, targets=tuple(targets or TARGET_KINDS), exclude=tuple(excludes or ()), overrides=parse_overrides(overrides)
-    )
+        config_for(algorithm, parse_spec(fmt)), targets=tuple(targets or ("linear",)), exclude=tuple(excludes or ()),
+        overrides=parse_overrides(overrides),
+    )  # fmt: skip
 
 
 def _bits_table(title: str, report: Any) -> Table:
@@ -79,74 +89,63 @@ def _bits_table(title: str, report: Any) -> Table:
 def quantize_cmd(
     model_dir: ModelDir,
     out: Annotated[Path, typer.Option("--out", help="folder to write the quantized model to", show_default=False)],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="format spec for every selected tensor")] = (
-        "int4:unsigned/block64:minmax:bf16"
-    ),
+    fmt: Annotated[str, typer.Option("--format", "-f", help="format spec for every selected tensor")] = DEFAULT_FORMAT,
     override: Overrides = None,
     target: Targets = None,
     exclude: Excludes = None,
-    algorithm: Annotated[
-        str, typer.Option(help="rtn | rtn-search | gptq | nupes | hqq (Linear layers; rtn and hqq are data-free)")
-    ] = "rtn",
+    algorithm: Annotated[str, typer.Option(help=f"one of: {', '.join(algorithm_names())}")] = "rtn",
     calib: Annotated[
-        Path | None, typer.Option(help="calibration text for gptq / nupes / rtn-search (rtn and hqq ignore it)")
+        Path | None, typer.Option(help="calibration text: needed by gptq, used by nupes (data-free ones ignore it)")
     ] = None,
     nsamples: Annotated[int, typer.Option(help="calibration windows (causal LM) or paragraphs (encoder)")] = 128,
     seqlen: Annotated[int, typer.Option(help="tokens per calibration window")] = 512,
     seed: Annotated[int, typer.Option(help="seed of the calibration sampling")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing non-empty --out folder")] = False,
 ) -> None:
-    """Quantize a model's Linear/Embedding weights and save it (safetensors + checked JSON manifest).
+    """Quantize a model's Linear (and, with --target embedding, Embedding) weights and save it.
+
+    The saved folder is a safetensors state dict with the packed quantized weights, a checked JSON manifest
+    and the tokenizer. Every algorithm honours --target, --exclude and --override.
 
     Examples:
-      wquant quantize minilm --format int4:unsigned/block64:minmax:bf16 --target linear --out minilm-int4
+      wquant quantize minilm --format int4:unsigned/block64:minmax:bf16 --out minilm-int4
       wquant quantize ./my-llama -f nf4 --override 'lm_head=int8/channel:absmax:bf16' --out llama-nf4
-      wquant quantize ./my-llama -f mxfp4 -o '*embed_tokens=none' -x '*.layers.0.*' --out llama-mx
+      wquant quantize ./my-llama -f mxfp4 -t linear -t embedding -x '*.layers.0.*' --out llama-mx
       wquant quantize minilm -f int4/block64:absmax:bf16 --algorithm gptq --calib calib.txt --out minilm-gptq
       wquant quantize minilm -f int4:unsigned/block64:minmax:bf16 --algorithm hqq --out minilm-hqq
     """
-    from wquant.models import load_pretrained, model_bits, quantize_model, save_quantized
+    from wquant.io import check_output_dir
+    from wquant.models import load_pretrained, model_bits, quantize_, save_quantized
 
     _quiet_transformers()
-    config = _config(fmt, override, target, exclude)
+    config = _config(fmt, override, target, exclude, algorithm)
+    check_output_dir(out, force=force)
     loaded = load_pretrained(model_dir)
     before = model_bits(loaded.model)
-    if algorithm != "rtn":
-        _calibrated_quantize(loaded, algorithm, fmt, calib, nsamples, seqlen, seed, exclude)
-    quantize_model(loaded.model, config)  # everything the algorithm did not already quantize
-    save_quantized(loaded.model, out, tokenizer=loaded.tokenizer)
+    uses_data = any(c is not None and c.uses_calibration for c in (config.method, *dict(config.overrides).values()))
+    if calib is None and config.method.needs_calibration:
+        raise ParameterError(f"--algorithm {algorithm} needs --calib FILE (calibration text)")
+    batches = _calibration(loaded, calib, nsamples, seqlen, seed) if calib is not None and uses_data else None
+    quantize_(loaded.model, config, calibration=batches, log=_log)
+    save_quantized(loaded.model, out, tokenizer=loaded.tokenizer, force=force)
     report = model_bits(loaded.model)
     console.print(_bits_table(f"{model_dir}: {before.bits_per_param:.2f} → {report.bits_per_param:.4f} "
                               "bits/param", report))  # fmt: skip
     console.print(f"saved to {out}")
 
 
-def _calibrated_quantize(
-    loaded: Any, algorithm: str, fmt: str, calib: Path | None, nsamples: int, seqlen: int, seed: int,
-    exclude: list[str] | None,
-) -> None:  # fmt: skip
-    """Run an algorithm over the Linear layers (wquant.algorithms), in forward order, calibrated when it uses data."""
-    from wquant.algorithms import (
-        HQQConfig,
-        algorithm_config,
-        calibration_windows,
-        quantize_model_with,
-        sentence_batches,
-    )
-    from wquant.evaluate.text import read_paragraphs
-    from wquant.formats import parse_spec
+def _log(message: str) -> None:
+    typer.echo(message, err=True)
 
-    spec = parse_spec(fmt)
-    config = algorithm_config(algorithm, fmt, bits=getattr(spec.element, "bits", 4))
-    batches = None
-    if calib is not None and not isinstance(config, HQQConfig):  # data-free: no calibration passes
-        if loaded.task == "encoder":
-            texts = read_paragraphs(calib, limit=nsamples)
-            batches = sentence_batches(loaded.tokenizer, texts, max_length=min(seqlen, loaded.max_length))
-        else:
-            batches = calibration_windows(loaded.tokenizer, calib, nsamples=nsamples, seqlen=seqlen, seed=seed)
-    elif algorithm in ("gptq",):
-        raise ParameterError(f"--algorithm {algorithm} needs --calib FILE (calibration text)")
-    quantize_model_with(loaded.model, config, batches, exclude=tuple(exclude or ()))
+
+def _calibration(loaded: Any, calib: Path, nsamples: int, seqlen: int, seed: int) -> list[Any]:
+    """Calibration batches from a text file: random windows for causal LMs, paragraphs for encoders."""
+    from wquant.data import calibration_windows, read_paragraphs, sentence_batches
+
+    if loaded.task == "encoder":
+        texts = read_paragraphs(calib, limit=nsamples)
+        return sentence_batches(loaded.tokenizer, texts, max_length=min(seqlen, loaded.max_length))
+    return calibration_windows(loaded.tokenizer, calib, nsamples=nsamples, seqlen=seqlen, seed=seed)
 
 
 @app.command("eval")
@@ -180,8 +179,9 @@ def eval_cmd(
       wquant eval minilm --quantized minilm-int4 --text wiki.txt
       wquant eval ~/.cache/wquant/lm --quantized lm-int4 --text shakespeare.txt --window 128
     """
-    from wquant.evaluate import compare_causal, compare_encoders, iter_paragraphs, perplexity, read_text
-    from wquant.models import load_pretrained, load_quantized, quantize_model
+    from wquant.data import iter_paragraphs, read_text
+    from wquant.evaluate import compare_causal, compare_encoders, perplexity
+    from wquant.models import load_pretrained, load_quantized, quantize_
 
     _quiet_transformers()
     if quantized is not None and fmt is not None:
@@ -191,7 +191,8 @@ def eval_cmd(
     if quantized is not None:
         other = load_quantized(quantized)
     elif fmt is not None:
-        other = quantize_model(copy.deepcopy(loaded.model), _config(fmt, override, target, exclude))
+        other = copy.deepcopy(loaded.model)
+        quantize_(other, _config(fmt, override, target, exclude))
     if loaded.task == "causal-lm":
         body = read_text(text)
         if other is None:

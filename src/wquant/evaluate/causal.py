@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wquant.data import token_windows
 from wquant.errors import ParameterError
-from wquant.evaluate.text import progress_bar
 from wquant.models.bits import model_bits
+from wquant.progress import progress_bar
 from wquant.validation import check_int_range
 
 
@@ -48,23 +49,6 @@ class CausalComparison:
     @property
     def bits_per_param(self) -> float:
         return self.quantized.bits_per_param
-
-
-def token_windows(tokenizer: Any, text: str, window: int) -> list[torch.Tensor]:
-    """Tokenize `text` once (no special tokens) and cut it into non-overlapping windows of `window` ids."""
-    check_int_range(window, "window", 2)
-    if not text.strip():
-        raise ParameterError("text is empty; there is nothing to evaluate on")
-    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
-    ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
-    if ids.numel() < 2:
-        raise ParameterError(f"text gives {ids.numel()} token(s); perplexity needs at least 2")
-    full = ids.numel() // window
-    windows = list(ids[: full * window].reshape(full, window)) if full else []
-    tail = ids[full * window :]
-    if tail.numel() >= 2:
-        windows.append(tail)
-    return windows
 
 
 def _check_window(model: nn.Module, window: int) -> None:

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from wquant.errors import ParameterError
-from wquant.evaluate.text import progress_bar
 from wquant.models.bits import model_bits
 from wquant.models.hf import sentence_embeddings
+from wquant.progress import progress_bar
 from wquant.validation import check_int_range
 
 _NEIGHBOUR_CHUNK = 1024

@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
+from wquant.data import read_text
 from wquant.errors import ParameterError
-from wquant.evaluate.text import progress_bar, read_text
+from wquant.progress import progress_bar
 from wquant.validation import check_int_range, check_positive
 
 SPECIAL_TOKENS = ("<unk>", "<pad>", "<eos>")

@@ -24,9 +24,10 @@ from wquant.formats.layout import GroupScales, TensorLayout, prepare_layout
 from wquant.formats.quantize import quantize
 from wquant.formats.quantized import QuantizedTensor
 from wquant.formats.scaling import ScaleFormat, Scaling
-from wquant.formats.spec import PRESETS, FormatSpec, OutlierSpec, parse_element, parse_spec
+from wquant.formats.spec import DEFAULT_FORMAT, PRESETS, FormatSpec, OutlierSpec, parse_element, parse_spec
 
 __all__ = [
+    "DEFAULT_FORMAT",
     "AF4_LEVELS",
     "NF4_LEVELS",
     "OCP_FLOATS",

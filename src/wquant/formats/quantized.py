@@ -2,7 +2,7 @@
 
 Each field is held the way it is stored: element codes packed at the code width (4-bit codes take half a
 byte each) or the entropy-coded container, scale and offset codes packed at their format's width, outlier
-indices in 32 bits and values in their format, the fitted table of a data-dependent grid as float32. So
+indices in 32 bits and values in their format, the fitted table of a data-dependent grid as its float32 bytes. So
 `bits()` is a sum over the fields, resident memory is `bits()/8` (plus at most a byte per field), the
 fields are a state dict a module can register as buffers (`state()` / `from_state`) and move with `.to()`,
 and `to_bytes()` writes them into one bit stream of exactly ceil(bits/8) bytes.
@@ -42,8 +42,8 @@ class QuantizedTensor:
     packed_codes: torch.Tensor  # uint8: fixed-width codes (row-major, LSB first) or the coded container
     packed_scales: torch.Tensor  # uint8: scale codes, (scale rows × groups), at the scale format's width
     packed_offsets: torch.Tensor | None  # uint8: zero offsets (minmax) or zero points (zeropoint)
-    tensor_factor: torch.Tensor | None  # float32 (1,): per-tensor factor of narrow ExMy scale formats
-    fitted_table: torch.Tensor | None  # float32 levels of data-dependent grids
+    tensor_factor: torch.Tensor | None  # uint8 (4,): the float32 per-tensor factor of narrow ExMy scale formats
+    fitted_table: torch.Tensor | None  # uint8: the float32 levels of a data-dependent grid (little-endian)
     packed_outlier_index: torch.Tensor  # uint8: flat outlier indices, ascending, 32 bits each
     packed_outlier_values: torch.Tensor  # uint8: outlier values in the outlier value format
 
@@ -64,7 +64,7 @@ class QuantizedTensor:
             if payload is None:
                 flat = torch.as_tensor(codes).reshape(-1).cpu().numpy()
                 payload = encode_codes(flat, group_size=spec.coding.group_size)
-            packed = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+            packed = torch.from_numpy(np.frombuffer(payload, dtype=np.uint8).copy())
         else:
             packed = pack_bits(torch.as_tensor(codes), book.code_bits)
         empty = np.zeros(0, dtype=np.int64)
@@ -74,8 +74,8 @@ class QuantizedTensor:
             spec, tuple(int(s) for s in shape), dtype, packed,
             pack_bits(_int_array(scale_codes), sc.scale_format.bits),
             None if offset_codes is None else pack_bits(_int_array(offset_codes), sc.offset_bits(book)),
-            None if tensor_scale is None else torch.tensor([tensor_scale], dtype=torch.float32),
-            None if table is None else torch.as_tensor(np.asarray(table, dtype=np.float32)).clone(),
+            None if tensor_scale is None else _f32_bytes(np.array([tensor_scale])),
+            None if table is None else _f32_bytes(table),
             pack_bits(_int_array(index), OUTLIER_INDEX_BITS),
             pack_bits(_int_array(empty if outlier_codes is None else outlier_codes), value_bits),
         )  # fmt: skip
@@ -92,11 +92,11 @@ class QuantizedTensor:
 
     @property
     def table(self) -> np.ndarray | None:
-        return None if self.fitted_table is None else self.fitted_table.cpu().numpy()
+        return None if self.fitted_table is None else _f32_values(self.fitted_table)
 
     @property
     def tensor_scale(self) -> float | None:
-        return None if self.tensor_factor is None else float(self.tensor_factor[0])
+        return None if self.tensor_factor is None else float(_f32_values(self.tensor_factor)[0])
 
     @property
     def payload(self) -> bytes | None:
@@ -174,7 +174,7 @@ class QuantizedTensor:
             "scales": self.n_groups * sc.scale_format.bits,
             "offsets": 0 if self.packed_offsets is None else self.n_groups * sc.offset_bits(book),
             "tensor_scale": sc.scale_format.tensor_scale_bits,
-            "table": 0 if self.fitted_table is None else TABLE_COUNT_BITS + self.fitted_table.numel() * 32,
+            "table": 0 if self.fitted_table is None else TABLE_COUNT_BITS + self.fitted_table.numel() * 8,
             "outliers": 0 if self.spec.outliers is None else self.n_outliers * self.spec.outliers.bits_each,
             "alignment": 0,
         }
@@ -292,10 +292,11 @@ class QuantizedTensor:
         """Refuse fields no encoder writes: wrong sizes, codes past the table, NaN/Inf scale patterns."""
         spec, sc = self.spec, self.spec.scaling
         for name, tensor in self.state().items():
-            wanted_dtype = torch.float32 if name in ("table", "tensor_scale") else torch.uint8
-            if tensor.dtype != wanted_dtype or tensor.dim() != 1:
+            if tensor.dtype != torch.uint8 or tensor.dim() != 1:
                 raise CorruptDataError(f"stored field {name} is {tensor.dtype} {tuple(tensor.shape)}, expected "
-                                       f"a 1-D {wanted_dtype} tensor")  # fmt: skip
+                                       "a 1-D uint8 tensor of packed bits")  # fmt: skip
+        if self.fitted_table is not None and self.fitted_table.numel() % 4:
+            raise CorruptDataError(f"stored table has {self.fitted_table.numel()} bytes, not whole float32 values")
         table = self.table
         if spec.element.data_dependent:
             assert table is not None
@@ -307,7 +308,7 @@ class QuantizedTensor:
         sizes = {
             "scales": packed_bytes(self.n_groups, sc.scale_format.bits),
             "offsets": packed_bytes(self.n_groups, sc.offset_bits(book)),
-            "tensor_scale": 1,
+            "tensor_scale": 4,
             "outlier_index": packed_bytes(self.n_outliers, OUTLIER_INDEX_BITS),
             "outlier_values": packed_bytes(self.n_outliers, spec.outliers.value_format.bits if spec.outliers else 8),
         }
@@ -350,7 +351,7 @@ class QuantizedTensor:
         if self.packed_offsets is not None:
             writer.write(self.offset_codes, sc.offset_bits(book))  # type: ignore[arg-type]
         if self.tensor_factor is not None:
-            writer.write(_f32_bits(self.tensor_factor.cpu().numpy()), 32)
+            writer.write(self.tensor_factor.cpu(), 8)
         if self.spec.outliers is not None:
             writer.write(self.outlier_codes, self.spec.outliers.value_format.bits)
             writer.write(self.outlier_index, OUTLIER_INDEX_BITS)
@@ -405,6 +406,15 @@ class QuantizedTensor:
 
 def _int_array(values: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.asarray(values, dtype=np.int64)) if isinstance(values, np.ndarray) else values.cpu()
+
+
+def _f32_bytes(values: np.ndarray) -> torch.Tensor:
+    """float32 values as their little-endian bytes (a uint8 field: exact, and left alone by module.to(dtype))."""
+    return torch.from_numpy(np.asarray(values, dtype="<f4").reshape(-1).view(np.uint8).copy())
+
+
+def _f32_values(field: torch.Tensor) -> np.ndarray:
+    return field.cpu().numpy().view("<f4").astype(np.float32)
 
 
 def _f32_bits(values: np.ndarray) -> np.ndarray:

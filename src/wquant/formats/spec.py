@@ -33,6 +33,8 @@ from wquant.formats.grids import (
 from wquant.formats.scaling import SCALE_RULES, ScaleFormat, Scaling
 
 DEFAULT_SCALING = "block64:absmax:bf16"
+#: The format wquant uses when none is named: 4-bit codes with a bf16 scale and zero offset per 64 (4.5 b/w).
+DEFAULT_FORMAT = "int4:unsigned/block64:minmax:bf16"
 OUTLIER_INDEX_BITS = 32
 
 #: Named formats as their owners define them (bits/param in the comment are all-in).

@@ -1,7 +1,8 @@
 """Quantize whole PyTorch / Hugging Face models, count their bits, save and reload them.
 
->>> from wquant.models import QuantizeConfig, quantize_model, model_bits, save_quantized, load_quantized
->>> quantize_model(model, QuantizeConfig("int4:unsigned/block64:minmax:bf16", targets=("linear",)))
+>>> from wquant import quantize_
+>>> from wquant.models import QuantizeConfig, model_bits, save_quantized, load_quantized
+>>> quantize_(model, QuantizeConfig("int4:unsigned/block64:minmax:bf16", exclude=("lm_head",)))
 >>> model_bits(model).bits_per_param
 >>> save_quantized(model, "out/", tokenizer=tok); same = load_quantized("out/")
 """
@@ -25,23 +26,26 @@ from wquant.models.hf import (
     resolve_model_dir,
     sentence_embeddings,
 )
-from wquant.models.layers import QuantizedEmbedding, QuantizedLinear, QuantizedWeight, quantized_modules
-from wquant.models.quantize import DEFAULT_FORMAT, TARGET_KINDS, QuantizeConfig, module_kind, quantize_model
+from wquant.models.layers import PackedWeight, QuantizedEmbedding, QuantizedLinear, packed_weights, quantized_modules
+from wquant.models.quantize import KEEP, LayerReport, QuantizeConfig, quantize_
+from wquant.models.sites import TARGET_KINDS, WeightSite, module_kind, weight_sites
 
 __all__ = [
-    "DEFAULT_FORMAT",
     "FORMAT_VERSION",
+    "KEEP",
     "MANIFEST_FILE",
     "MINILM",
     "TARGET_KINDS",
     "TENSORS_FILE",
+    "LayerReport",
     "LoadedModel",
     "ModelBits",
+    "PackedWeight",
     "QuantizeConfig",
     "QuantizedEmbedding",
     "QuantizedLinear",
-    "QuantizedWeight",
     "TensorBits",
+    "WeightSite",
     "estimate_load_bytes",
     "load_pretrained",
     "load_quantized",
@@ -49,10 +53,12 @@ __all__ = [
     "mean_pooled",
     "model_bits",
     "module_kind",
-    "quantize_model",
+    "packed_weights",
+    "quantize_",
     "quantized_modules",
     "read_manifest",
     "resolve_model_dir",
     "save_quantized",
     "sentence_embeddings",
+    "weight_sites",
 ]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from wquant.models.layers import quantized_modules
+from wquant.models.layers import packed_weights
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,9 @@ class ModelBits:
 def model_bits(model: nn.Module) -> ModelBits:
     """Exact stored bits of every distinct parameter of `model` (see the module docstring for the rule)."""
     rows: list[TensorBits] = []
-    seen: set[int] = set()
-    for path, module in quantized_modules(model):
-        holder = module.stored
-        if id(holder) in seen:
-            continue
-        seen.add(id(holder))
-        q = holder.quantized
-        rows.append(TensorBits(f"{path}.weight", q.numel, q.bits(), q.spec.to_string(), True))
+    for name, packed in packed_weights(model):
+        q = packed.quantized
+        rows.append(TensorBits(name, q.numel, q.bits(), q.spec.to_string(), True))
     for name, param in model.named_parameters():  # named_parameters already drops tied duplicates
         rows.append(
             TensorBits(name, param.numel(), param.numel() * param.element_size() * 8, _dtype_name(param), False)

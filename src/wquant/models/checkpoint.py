@@ -1,16 +1,17 @@
 """Save and load quantized models: safetensors + a self-checked JSON manifest, no pickle, no remote code.
 
 Layout of a saved folder:
-    wquant-model.safetensors   quantized tensors as their packed bit streams (uint8, `to_bytes()`), every
-                               other parameter and buffer as it is
+    wquant-model.safetensors   the model's state dict: every parameter and buffer, quantized weights as the
+                               packed uint8 fields of their PackedWeight (`<module>.qweight.codes`, ...)
     wquant-manifest.json       {"body": {...}, "sha256": sha256 of the body's canonical JSON}
     tokenizer files            when a tokenizer is given (plain JSON/text, loaded by transformers)
 
-The body records the format spec, shape and dtype of every quantized tensor, dtype/shape/sha256 of every
-stored tensor, the sha256 of the whole safetensors file, tied names, the base model's config, the wquant
-version and the format version. Loading checks all of it before building anything, so a flipped byte, a
-truncated file or a different format version is refused with CorruptDataError. Each file is written to a
-temporary name and moved into place with os.replace; the manifest goes last and commits the save.
+The body records each packed weight's layout (format spec, shape, dtype, bits), which modules use it,
+dtype/shape/sha256 of every stored tensor, the sha256 of the whole safetensors file, tied names, the base
+model's config, the wquant version and the format version. Loading checks all of it before building
+anything, so a flipped byte, a truncated file or a different format version is refused with CorruptDataError.
+Each file is written to a temporary name and moved into place with os.replace; the manifest goes last and
+commits the save.
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ from torch import nn
 import wquant
 from wquant.errors import CorruptDataError, ParameterError, WquantError
 from wquant.formats import QuantizedTensor, parse_spec
+from wquant.formats.quantized import FIELDS
 from wquant.io import atomic_write, file_mode
 from wquant.models.bits import model_bits
 from wquant.models.hf import check_fits_in_memory
-from wquant.models.layers import QuantizedEmbedding, QuantizedLinear, QuantizedWeight, quantized_modules
-from wquant.models.quantize import set_submodule
+from wquant.models.layers import PackedWeight, QuantizedEmbedding, QuantizedLinear, packed_weights, quantized_modules
+from wquant.models.sites import set_submodule
 
 FORMAT_NAME = "wquant-quantized-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: packed state dict (1: one to_bytes() stream per quantized weight)
 MANIFEST_FILE = "wquant-manifest.json"
 TENSORS_FILE = "wquant-model.safetensors"
 _MAX_MANIFEST_BYTES = 256 * 2**20
@@ -89,31 +91,21 @@ def _base_config(model: nn.Module) -> dict[str, Any] | None:
 
 
 def save_quantized(model: nn.Module, out_dir: str | os.PathLike[str], *, tokenizer: Any = None) -> Path:
-    """Write `model` (quantized with quantize_model, or not) to `out_dir`; returns the folder."""
+    """Write `model` (quantized with quantize_, or not) to `out_dir`; returns the folder."""
     from safetensors.torch import save_file
 
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
-    quantized: dict[str, Any] = {}
-    holder_key: dict[int, str] = {}
+    packed_path = {id(m): name for name, m in model.named_modules() if isinstance(m, PackedWeight)}
+    packed: dict[str, Any] = {}
+    for name, weight in packed_weights(model):
+        q = weight.quantized
+        packed[packed_path[id(weight)]] = {**weight.get_extra_state(), "bits": q.bits(), "name": name}
     modules: dict[str, Any] = {}
     for path, module in quantized_modules(model):
-        holder = module.stored
-        if id(holder) not in holder_key:
-            key = f"{path}.weight"
-            q = holder.quantized
-            packed = torch.frombuffer(bytearray(q.to_bytes()), dtype=torch.uint8)
-            tensors[key] = packed
-            holder_key[id(holder)] = key
-            quantized[key] = {
-                "spec": q.spec.to_string(),
-                "shape": list(q.shape),
-                "dtype": str(q.dtype).removeprefix("torch."),
-                "bits": q.bits(),
-            }
         extra = {"padding_idx": module.padding_idx} if isinstance(module, QuantizedEmbedding) else {}
-        modules[path] = {"weight": holder_key[id(holder)], "layout": module.layout, **extra}
+        modules[path] = {"weight": packed_path[id(module.qweight)], "layout": module.layout, **extra}
 
     aliases: dict[str, str] = {}
     seen: dict[tuple[Any, ...], str] = {}
@@ -151,7 +143,7 @@ def save_quantized(model: nn.Module, out_dir: str | os.PathLike[str], *, tokeniz
         "tensors_file": TENSORS_FILE,
         "tensors_file_sha256": _file_sha256(out / TENSORS_FILE),
         "tensors": stored,
-        "quantized": quantized,
+        "packed": packed,
         "modules": modules,
         "aliases": aliases,
         "bits": {"total": report.bits, "params": report.params, "bits_per_param": report.bits_per_param},
@@ -179,6 +171,13 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
         raise CorruptDataError(f"{path} fails its checksum: the manifest was changed or damaged")
     if body.get("format") != FORMAT_NAME:
         raise CorruptDataError(f"{path} is not a {FORMAT_NAME} manifest (format {body.get('format')!r})")
+    if body.get("format_version") == 1:
+        raise CorruptDataError(
+            f"{path.parent} is a checkpoint of wquant's format version 1 (written by wquant "
+            f"{body.get('wquant_version')}, before quantized weights became packed state); this wquant reads "
+            f"version {FORMAT_VERSION}. Re-create it from the base model with the same command, e.g. "
+            "`wquant quantize MODEL_DIR --format SPEC --out NEW_DIR`"
+        )
     if body.get("format_version") != FORMAT_VERSION:
         raise CorruptDataError(
             f"{path} uses format version {body.get('format_version')!r} (written by wquant "
@@ -220,7 +219,7 @@ def _load_bytes(body: dict[str, Any]) -> int:
             int(np.prod(i["shape"], dtype=np.int64)) * _DTYPES[i["dtype"]].itemsize for i in body["tensors"].values()
         )
         dequantized = [
-            int(np.prod(i["shape"], dtype=np.int64)) * _DTYPES[i["dtype"]].itemsize for i in body["quantized"].values()
+            int(np.prod(i["shape"], dtype=np.int64)) * _DTYPES[i["dtype"]].itemsize for i in body["packed"].values()
         ]
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptDataError(f"manifest tensor entries are malformed ({type(exc).__name__}: {exc})") from None
@@ -282,14 +281,14 @@ def _fill(net: nn.Module, body: dict[str, Any], tensors: dict[str, torch.Tensor]
     """Swap in the quantized modules and place every stored tensor into `net`."""
     tensors = dict(tensors)
     try:
-        holders: dict[str, QuantizedWeight] = {}
-        for key, info in body["quantized"].items():
-            dtype = _DTYPES[info["dtype"]]
-            q = QuantizedTensor.from_bytes(tensors.pop(key).numpy().tobytes(), parse_spec(info["spec"]),
-                                           tuple(info["shape"]), dtype)  # fmt: skip
+        holders: dict[str, PackedWeight] = {}
+        for key, info in body["packed"].items():
+            fields = {f: tensors.pop(f"{key}.{f}") for f in FIELDS if f"{key}.{f}" in tensors}
+            q = QuantizedTensor.from_state(fields, parse_spec(info["spec"]), tuple(info["shape"]),
+                                           _DTYPES[info["dtype"]])  # fmt: skip
             if q.bits() != info["bits"]:
                 raise CorruptDataError(f"{key}: stored {q.bits()} bits, manifest says {info['bits']}")
-            holders[key] = QuantizedWeight(q)
+            holders[key] = PackedWeight(q)
         for path, info in body["modules"].items():
             holder = holders[info["weight"]]
             old = net.get_submodule(path)
@@ -299,7 +298,9 @@ def _fill(net: nn.Module, body: dict[str, Any], tensors: dict[str, torch.Tensor]
                 bias = getattr(old, "bias", None)
                 new = QuantizedLinear(holder, bias if isinstance(bias, nn.Parameter) else None, layout=info["layout"])
             set_submodule(net, path, new)
-        _assign(net, tensors, body["aliases"])
+        packed_names = {f"{path}.qweight.{f}" for path in body["modules"] for f in FIELDS}
+        aliases = {a: t for a, t in body["aliases"].items() if a not in packed_names}
+        _assign(net, tensors, aliases)
     except WquantError:
         raise
     except (KeyError, AttributeError, TypeError, ValueError, RuntimeError) as exc:

@@ -1,102 +1,193 @@
-"""Drop-in modules that keep only a quantized weight and rebuild it on forward.
+"""Quantized modules whose weights are real torch state: packed fields as buffers, the layout as extra state.
 
-They store the `QuantizedTensor` itself (not a dequantized copy), so memory, bit counts and saved bytes all
-describe the same thing; a cache of the dequantized weight is opt-in because it gives the memory back.
+`PackedWeight` holds one `QuantizedTensor`'s stored fields, bit-packed (4-bit codes take half a byte), as
+uint8 buffers, and its spec/shape/dtype as extra state, so `state_dict()` / `load_state_dict()` round-trip
+it, `.to(device)` moves it and `.to(dtype)` leaves its exact bits alone. Resident memory is its `bits()/8`
+plus at most a byte per field. `QuantizedLinear` (replaces nn.Linear and transformers' Conv1D) and
+`QuantizedEmbedding` hold a PackedWeight as a child module; tied weights share one child, so they are stored
+and counted once. Each forward decodes the weight (embeddings: only the rows looked up) unless a cache of the
+decoded weight was switched on (`PackedWeight.cache`), which gives memory back for speed.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wquant.errors import ParameterError
-from wquant.formats import QuantizedTensor
+from wquant.errors import CorruptDataError, ParameterError
+from wquant.formats import QuantizedTensor, parse_spec
+from wquant.formats.quantized import FIELDS
 
 #: How a replaced module lays out its weight. "transposed" is transformers' Conv1D (GPT-2), whose weight is
 #: (in, out); wquant stores it as (out, in) so quantization groups run along the input dimension.
 LAYOUTS = ("linear", "transposed", "embedding")
+_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
 
 
-class QuantizedWeight:
-    """One stored tensor, shared by every module that uses it (tied weights are quantized once)."""
+class PackedWeight(nn.Module):
+    """One quantized tensor as torch state (see the module docstring)."""
 
-    def __init__(self, quantized: QuantizedTensor, *, cache: bool = False) -> None:
-        self.quantized = quantized
-        self.cache = cache
-        self._cached: torch.Tensor | None = None
+    def __init__(self, quantized: QuantizedTensor) -> None:
+        super().__init__()
+        self._layout(quantized.spec.to_string(), quantized.shape, quantized.dtype)
+        for name, tensor in quantized.state().items():
+            self.register_buffer(name, tensor)
+        self.cache = False
+        self._decoded: torch.Tensor | None = None
 
-    def dequantize(self, device: torch.device | None = None) -> torch.Tensor:
-        """The weight as the format stores it; rebuilt every call unless caching was asked for."""
-        if self._cached is not None:
-            weight = self._cached
-        else:
-            weight = self.quantized.dequantize()
-            if self.cache:
-                self._cached = weight
-        return weight if device is None or weight.device == device else weight.to(device)
+    def _layout(self, spec: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        self.spec = parse_spec(spec)
+        self.shape = tuple(int(s) for s in shape)
+        self.stored_dtype = dtype
+
+    @property
+    def quantized(self) -> QuantizedTensor:
+        """The stored tensor on these buffers (no copy)."""
+        fields = {name: buf for name, buf in self._buffers.items() if buf is not None}
+        return QuantizedTensor.from_state(fields, self.spec, self.shape, self.stored_dtype, check=False)
+
+    def dequantize(self) -> torch.Tensor:
+        """The weight as stored (storage layout (out, in)); decoded on every call unless `cache` is on."""
+        if self._decoded is not None:
+            return self._decoded
+        weight = self.quantized.dequantize()
+        if self.cache:
+            self._decoded = weight
+        return weight
+
+    def dequantize_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        if self._decoded is not None:
+            return self._decoded.index_select(0, rows.to(self._decoded.device))
+        return self.quantized.dequantize_rows(rows)
 
     def clear_cache(self) -> None:
-        self._cached = None
+        self.cache = False
+        self._decoded = None
+
+    def bits(self) -> int:
+        return self.quantized.bits()
+
+    def resident_bytes(self) -> int:
+        return sum(buf.numel() * buf.element_size() for buf in self.buffers())
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_string(), "shape": list(self.shape),
+                "dtype": str(self.stored_dtype).removeprefix("torch.")}  # fmt: skip
+
+    def set_extra_state(self, state: Any) -> None:
+        try:
+            spec, shape, dtype = state["spec"], tuple(state["shape"]), _DTYPES[state["dtype"]]
+        except (KeyError, TypeError) as exc:
+            raise CorruptDataError(f"packed weight layout {state!r} is malformed ({exc})") from None
+        self._layout(spec, shape, dtype)
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any], strict: bool,
+        missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
+    ) -> None:  # fmt: skip
+        """Take the saved layout and fields whatever their sizes (a coded stream's length varies), then check them.
+
+        A field whose size did not change is copied in place, so weights tied through this module stay tied.
+        """
+        extra = state_dict.get(prefix + "_extra_state")
+        if extra is not None:
+            self.set_extra_state(extra)
+        elif strict:
+            missing_keys.append(prefix + "_extra_state")
+        fields = {name: state_dict[prefix + name] for name in FIELDS if prefix + name in state_dict}
+        device = next(iter(self._buffers.values())).device if self._buffers else torch.device("cpu")
+        try:
+            QuantizedTensor.from_state(fields, self.spec, self.shape, self.stored_dtype)  # checks sizes and codes
+        except CorruptDataError as exc:
+            error_msgs.append(f"{prefix.rstrip('.')}: {exc}")
+            return
+        for name in list(self._buffers):
+            if name not in fields:
+                del self._buffers[name]
+        for name, value in fields.items():
+            current = self._buffers.get(name)
+            if current is not None and current.shape == value.shape:
+                with torch.no_grad():
+                    current.copy_(value)
+            else:
+                self._buffers[name] = value.detach().to(device).clone()
+        self._decoded = None
+        if strict:
+            known = {prefix + name for name in FIELDS} | {prefix + "_extra_state"}
+            unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and k not in known)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> PackedWeight:
+        self._decoded = None  # a move or cast invalidates the decoded copy
+        return super()._apply(fn, recurse)
+
+    def extra_repr(self) -> str:
+        return f"{self.spec.to_string()}, shape={self.shape}"
 
 
 class QuantizedLinear(nn.Module):
-    """y = x·Wᵀ + b, W dequantized from its stored format (replaces nn.Linear and transformers' Conv1D)."""
+    """y = x·Wᵀ + b with W decoded from a PackedWeight (replaces nn.Linear and transformers' Conv1D)."""
 
-    def __init__(self, weight: QuantizedWeight, bias: nn.Parameter | None, *, layout: str = "linear") -> None:
+    def __init__(self, weight: PackedWeight, bias: nn.Parameter | None, *, layout: str = "linear") -> None:
         super().__init__()
         if layout not in ("linear", "transposed"):
             raise ParameterError(f"QuantizedLinear layout must be 'linear' or 'transposed', got {layout!r}")
-        self.stored = weight
+        self.qweight = weight
         self.layout = layout
-        self.out_features, self.in_features = weight.quantized.shape
+        self.out_features, self.in_features = weight.shape[0], int(torch.Size(weight.shape[1:]).numel())
         self.bias = bias
 
     @property
     def weight(self) -> torch.Tensor:
-        """Read-only dequantized weight in the replaced module's own layout, for code that inspects it."""
-        w = self.stored.dequantize()
+        """Read-only decoded weight in the replaced module's own layout, for code that inspects it."""
+        w = self.qweight.dequantize()
         return w.t() if self.layout == "transposed" else w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.stored.dequantize(x.device), self.bias)
+        w = self.qweight.dequantize()
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, w.to(x.dtype), bias)
 
     def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, "
-            f"format={self.stored.quantized.spec.to_string()}"
-        )
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 class QuantizedEmbedding(nn.Module):
-    """Row lookup into a dequantized table (replaces nn.Embedding; max_norm is refused before we get here)."""
+    """Row look-up that decodes only the rows it needs (replaces nn.Embedding without max_norm)."""
 
-    def __init__(self, weight: QuantizedWeight, *, padding_idx: int | None = None) -> None:
+    def __init__(self, weight: PackedWeight, *, padding_idx: int | None = None) -> None:
         super().__init__()
-        self.stored = weight
+        self.qweight = weight
         self.layout = "embedding"
-        self.num_embeddings, self.embedding_dim = weight.quantized.shape
+        self.num_embeddings, self.embedding_dim = weight.shape
         self.padding_idx = padding_idx
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.stored.dequantize()
+        return self.qweight.dequantize()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.stored.dequantize(ids.device), self.padding_idx)
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        return F.embedding(inverse, self.qweight.dequantize_rows(unique))
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, "
-            f"format={self.stored.quantized.spec.to_string()}"
-        )
+        return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}"
 
 
-def quantized_modules(model: nn.Module) -> list[tuple[str, QuantizedLinear | QuantizedEmbedding]]:
-    """Every (path, module) that holds a quantized weight, tied or shared modules listed under each path."""
+QuantizedModule = QuantizedLinear | QuantizedEmbedding
+
+
+def quantized_modules(model: nn.Module) -> list[tuple[str, QuantizedModule]]:
+    """Every (path, module) holding a quantized weight; modules sharing a weight are each listed."""
+    return [(name, m) for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, QuantizedModule)]
+
+
+def packed_weights(model: nn.Module) -> list[tuple[str, PackedWeight]]:
+    """Every distinct PackedWeight, named by the first module that uses it (`path.weight`)."""
     return [
-        (name, module)
-        for name, module in model.named_modules(remove_duplicate=False)
-        if isinstance(module, QuantizedLinear | QuantizedEmbedding)
+        (name.removesuffix(".qweight") + ".weight" if name != "qweight" else "weight", m)
+        for name, m in model.named_modules()
+        if isinstance(m, PackedWeight)
     ]

@@ -1,212 +1,248 @@
-"""quantize_model(): choose a model's weight tensors, quantize each once, swap in dequantizing modules.
+"""`quantize_(model, config)`: the one way to quantize a model, whatever decides the codes.
 
-Selection is by module type and by name glob, so the same config works on any architecture. Names are module
-paths (`encoder.layer.0.attention.self.query`); a glob matches the module path or the weight's name
-(`...query.weight`), and `*` crosses dots (fnmatch). Tied weights share one Parameter; they are quantized
-once and every module that used the Parameter gets the same stored tensor, so the tie survives.
+`config` is
+  * a format spec (`"nf4"`, a FormatSpec): round to nearest on it;
+  * an algorithm config (`GPTQConfig(...)`, `HQQConfig(...)`, any registered type): that algorithm;
+  * a mapping {module glob: spec or config or None}: each module takes its first matching entry, None keeps
+    it; modules no glob matches are left alone (a per-tensor plan, e.g. Fisher allocation's);
+  * a `QuantizeConfig`: a default method plus targets, includes, excludes and overrides.
+
+Every selected weight goes through its config's registered handler. Data-free ones are quantized first; then,
+when calibration batches are given, the calibration walk (`models.calibration`) visits the data-driven ones in
+forward order with every earlier layer already quantized. Tied weights are quantized once and the tie
+survives; a weight tied to an embedding is only selected when embeddings are targeted too.
 """
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from wquant.algorithms import as_tensor_config, quantize_weight, relative_error
 from wquant.errors import ParameterError, SpecError, TensorError, WquantError, valid_choices
-from wquant.formats import FormatSpec, parse_spec, quantize
-from wquant.models.layers import QuantizedEmbedding, QuantizedLinear, QuantizedWeight
-from wquant.validation import NanPolicy
+from wquant.formats import DEFAULT_FORMAT, FormatSpec
+from wquant.models.calibration import Batch, calibrate
+from wquant.models.layers import PackedWeight, QuantizedEmbedding, QuantizedLinear, packed_weights
+from wquant.models.sites import TARGET_KINDS, WeightSite, matches, set_submodule, weight_sites
 
-#: Module kinds a config can target. "linear" covers nn.Linear and transformers' Conv1D (GPT-2).
-TARGET_KINDS = ("linear", "embedding")
-#: An override spec that keeps the matched tensors unquantized.
+#: An override value that keeps the matched modules unquantized.
 KEEP = "none"
-DEFAULT_FORMAT = "int4:unsigned/block64:minmax:bf16"
 
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    """What to quantize and to which format.
+    """What to quantize with what.
 
-    format: the spec for every selected tensor (string or FormatSpec).
-    targets: module kinds to consider ("linear", "embedding").
-    include / exclude: name globs; a module is selected when it matches some include and no exclude.
-    overrides: (glob, spec) pairs, first match wins; spec "none" keeps the tensor unquantized.
-    cache_dequantized: keep each dequantized weight after its first forward (faster, gives the memory back).
+    method: the default for every selected weight: a format spec (round to nearest) or an algorithm config.
+    targets: module kinds considered ("linear" covers nn.Linear and Conv1D; "embedding").
+    include / exclude: module globs; a module is selected when it matches some include and no exclude.
+    overrides: (glob, value) pairs or a {glob: value} mapping, first match wins. A spec string gives the
+      default method on that format (GPTQ stays GPTQ at another format); a config is used as it is; None or
+      "none" keeps the module unquantized.
     """
 
-    format: str | FormatSpec = DEFAULT_FORMAT
-    targets: tuple[str, ...] = TARGET_KINDS
+    method: Any = DEFAULT_FORMAT
+    targets: tuple[str, ...] = ("linear",)
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
-    overrides: tuple[tuple[str, str], ...] = ()
-    cache_dequantized: bool = False
-    nan_policy: NanPolicy = "raise"
+    overrides: Any = ()
 
     def __post_init__(self) -> None:
-        # Normalise list/dict inputs to tuples so the config stays hashable and comparable.
         for name in ("targets", "include", "exclude"):
             value = getattr(self, name)
-            if isinstance(value, str):
-                value = (value,)
-            object.__setattr__(self, name, tuple(value))
-        overrides = self.overrides
-        if isinstance(overrides, Mapping):
-            overrides = tuple(overrides.items())
-        try:
-            overrides = tuple((str(glob), str(spec)) for glob, spec in overrides)
-        except (TypeError, ValueError):
-            raise ParameterError(
-                f"overrides must be (glob, spec) pairs or a {{glob: spec}} mapping, got {self.overrides!r}"
-            ) from None
-        object.__setattr__(self, "overrides", overrides)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         unknown = set(self.targets) - set(TARGET_KINDS)
         if unknown or not self.targets:
             raise ParameterError(
                 f"targets {sorted(unknown) or list(self.targets)} invalid; choose from {valid_choices(TARGET_KINDS)}"
             )
-        object.__setattr__(self, "format", parse_spec(self.format))  # fail early, and store the parsed form
-        parsed = []
-        for glob, spec in overrides:
-            if spec.strip().lower() == KEEP:
-                parsed.append((glob, KEEP))
-                continue
-            try:
-                parsed.append((glob, parse_spec(spec).to_string()))
-            except SpecError as exc:
-                raise SpecError(f"override {glob}={spec}: {exc}") from None
-        object.__setattr__(self, "overrides", tuple(parsed))
+        method = as_tensor_config(self.method, "method")
+        object.__setattr__(self, "method", method)
+        pairs = self.overrides.items() if isinstance(self.overrides, Mapping) else self.overrides
+        try:
+            pairs = [(str(glob), value) for glob, value in pairs]
+        except (TypeError, ValueError):
+            raise ParameterError(
+                f"overrides must be (glob, value) pairs or a {{glob: value}} mapping, got {self.overrides!r}"
+            ) from None
+        object.__setattr__(self, "overrides", tuple((glob, _override(method, glob, v)) for glob, v in pairs))
 
-    @property
-    def spec(self) -> FormatSpec:
-        return parse_spec(self.format)
+    def selects(self, path: str) -> bool:
+        return any(matches(path, g) for g in self.include) and not any(matches(path, g) for g in self.exclude)
 
-    def selects(self, module_name: str) -> bool:
-        names = _names(module_name)
-        return any(_match(names, g) for g in self.include) and not any(_match(names, g) for g in self.exclude)
+    def config_for(self, path: str) -> Any | None:
+        """The tensor config of a selected module: the first matching override, else `method`; None keeps it."""
+        for glob, value in self.overrides:
+            if matches(path, glob):
+                return value
+        return self.method
 
-    def spec_for(self, module_name: str) -> FormatSpec | None:
-        """The format for a selected module: the first matching override, else `format`; None keeps it."""
-        names = _names(module_name)
-        for glob, spec in self.overrides:
-            if _match(names, glob):
-                return None if spec == KEEP else parse_spec(spec)
-        return self.spec
-
-
-def _joined(path: str, leaf: str) -> str:
-    return f"{path}.{leaf}" if path else leaf
+    @staticmethod
+    def per_module(mapping: Mapping[str, Any], *, targets: tuple[str, ...] = TARGET_KINDS) -> QuantizeConfig:
+        """Only the modules the globs match, each with its first matching value (None keeps it)."""
+        if not mapping:
+            raise ParameterError("the per-module mapping is empty; name at least one module glob")
+        return QuantizeConfig(DEFAULT_FORMAT, targets=targets, include=tuple(mapping),
+                              overrides=tuple((glob, _plain(v)) for glob, v in mapping.items()))  # fmt: skip
 
 
-def _names(module_name: str) -> tuple[str, str]:
-    return module_name, _joined(module_name, "weight")
+def _plain(value: Any) -> Any:
+    """In a bare mapping a spec string means round to nearest (there is no default method to inherit)."""
+    return as_tensor_config(value) if isinstance(value, str) and value.strip().lower() != KEEP else value
 
 
-def _match(names: tuple[str, str], glob: str) -> bool:
-    return any(fnmatch.fnmatchcase(n, glob) for n in names)
-
-
-def module_kind(module: nn.Module) -> str | None:
-    """'linear', 'transposed' (transformers' Conv1D), 'embedding', or None when wquant cannot replace it."""
-    if isinstance(module, nn.Linear):
-        return "linear"
-    if isinstance(module, nn.Embedding):
-        return "embedding"
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf") and isinstance(module.weight, torch.Tensor):
-        return "transposed"
-    return None
-
-
-def _target_of(kind: str) -> str:
-    return "embedding" if kind == "embedding" else "linear"
+def _override(method: Any, glob: str, value: Any) -> Any | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() == KEEP):
+        return None
+    try:
+        if isinstance(value, str | FormatSpec):
+            return method.with_format(value)
+        return as_tensor_config(value, f"override {glob}")
+    except SpecError as exc:
+        raise SpecError(f"override {glob}={value}: {exc}") from None
 
 
 @dataclass(frozen=True)
-class _Site:
-    path: str
-    module: nn.Module
-    kind: str
+class LayerReport:
+    """What happened to one weight."""
+
+    name: str  # module path (the first one, for a tied weight)
+    shape: tuple[int, ...]
+    format: str  # the stored spec
+    bits_per_param: float
+    output_error: float | None  # tr(ΔW·H·ΔWᵀ)/tr(W·H·Wᵀ) on the calibration inputs; None without them
+    tokens: int  # calibration tokens that reached the layer
+    seconds: float
+    note: str = ""
 
 
-def quantize_model(model: nn.Module, config: QuantizeConfig | None = None) -> nn.Module:
-    """Quantize `model` in place (and return it): selected weights become stored formats.
+def quantize_(
+    model: nn.Module,
+    config: Any,
+    *,
+    calibration: Iterable[Batch] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[LayerReport]:
+    """Quantize `model` in place; one report per quantized weight, in module order.
 
-    Raises a wquant error naming the tensor when a format cannot apply to it, or when a tied weight is shared
-    with a module wquant cannot replace.
+    calibration: tokenizer batches (dicts passed as keyword arguments; an `attention_mask` keeps padding out
+    of the statistics) or input-id tensors. Configs that need it are refused without it; configs that can use
+    it (GPTQ, NUPES, Hessian-weighted search) use it when given.
     """
     if not isinstance(model, nn.Module):
-        raise ParameterError(f"quantize_model needs a torch.nn.Module, got {type(model).__name__}")
-    config = config or QuantizeConfig()
-    sites_by_weight: dict[int, list[_Site]] = {}
-    users_by_weight: dict[int, list[str]] = {}
-    for path, module in model.named_modules(remove_duplicate=False):
-        for pname, param in module.named_parameters(recurse=False):
-            users_by_weight.setdefault(id(param), []).append(_joined(path, pname))
-        kind = module_kind(module)
-        if kind is not None:
-            sites_by_weight.setdefault(id(module.weight), []).append(_Site(path, module, kind))
+        raise ParameterError(f"quantize_ needs a torch.nn.Module, got {type(model).__name__}")
+    config = _as_quantize_config(config)
+    say = log or (lambda _msg: None)
+    plan = _plan(model, config, say)
+    if not plan:
+        raise ParameterError(
+            "no weight of the model matches the config (targets, include, exclude, overrides); nothing to quantize"
+        )
+    batches = None if calibration is None else list(calibration)
+    if batches is not None and not batches:
+        raise ParameterError("calibration is empty; give at least one batch (or calibration=None for data-free)")
+    if batches is None and (needy := [s.path for s, c in plan if c.needs_calibration]):
+        raise ParameterError(f"{type(plan[0][1]).__name__} on {needy[0]} needs calibration batches")
+    if any(s.module is model for s, _ in plan):
+        raise ParameterError("quantize_ replaces submodules; wrap a bare layer in nn.Sequential first")
 
-    replacements: dict[int, nn.Module] = {}
-    plans: list[tuple[str, list[_Site], FormatSpec]] = []
-    for weight_id, sites in sites_by_weight.items():
-        chosen = [
-            (s, config.spec_for(s.path))
-            for s in sites
-            if _target_of(s.kind) in config.targets and config.selects(s.path)
-        ]
-        chosen = [(s, spec) for s, spec in chosen if spec is not None]
+    reports: dict[str, LayerReport] = {}
+    by_path = {s.path: (s, c) for s, c in plan}
+    data = [s.path for s, c in plan if batches is not None and c.uses_calibration and not _data_free_site(s)]
+    for site, cfg in plan:
+        if site.path not in data:
+            reports[site.path] = _quantize_site(model, site, cfg, None, 0, cache=bool(data))
+            say(_describe(reports[site.path]))
+    if data:
+        assert batches is not None
+
+        def on_layer(path: str, hessian: torch.Tensor | None, tokens: int) -> None:
+            site, cfg = by_path[path]
+            reports[path] = _quantize_site(model, site, cfg, hessian, tokens, cache=True)
+            say(_describe(reports[path]))
+
+        try:
+            calibrate(model, data, batches, on_layer)
+        finally:
+            for _, packed in packed_weights(model):
+                packed.clear_cache()
+    return [reports[s.path] for s, _ in plan]
+
+
+def _as_quantize_config(config: Any) -> QuantizeConfig:
+    if isinstance(config, QuantizeConfig):
+        return config
+    if isinstance(config, Mapping):
+        return QuantizeConfig.per_module(config)
+    return QuantizeConfig(config)
+
+
+def _plan(model: nn.Module, config: QuantizeConfig, say: Callable[[str], None]) -> list[tuple[WeightSite, Any]]:
+    """(site, tensor config) of every selected weight, checked for ties wquant cannot keep."""
+    plan = []
+    for site in weight_sites(model, TARGET_KINDS):
+        chosen = [p for p, kind in site.users if _target(kind) in config.targets and config.selects(p)]
         if not chosen:
             continue
-        name = _joined(chosen[0][0].path, "weight")
-        weight_users = set(users_by_weight.get(weight_id, []))
-        replaceable = {_joined(s.path, "weight") for s in sites}
-        if weight_users - replaceable:
-            raise TensorError(
-                f"{name} is tied to {sorted(weight_users - replaceable)}, which wquant cannot replace; "
-                "exclude this module or untie the weights"
-            )
-        if len({s.kind == "transposed" for s in sites}) > 1:
-            raise TensorError(f"{name} is tied between Conv1D and Linear/Embedding layouts; exclude it")
-        plans.append((name, sites, chosen[0][1]))
-
-    if any(site.module is model for _, sites, _ in plans for site in sites):
-        raise ParameterError("quantize_model replaces submodules; wrap a bare layer in nn.Sequential first")
-    for name, sites, spec in plans:
-        first = sites[0]
-        weight = first.module.weight.detach()
-        if first.kind == "transposed":
-            weight = weight.t()
-        if first.kind == "embedding" and first.module.max_norm is not None:
-            raise TensorError(f"{name}: nn.Embedding with max_norm rewrites its weights on lookup; exclude it")
-        try:
-            stored = quantize(weight.cpu().contiguous(), spec, nan_policy=config.nan_policy, name=name)
-        except WquantError as exc:
-            message = str(exc) if name in str(exc) else f"{name}: {exc}"
-            raise type(exc)(f"{message} (format {spec.to_string()}, shape {tuple(weight.shape)})") from None
-        holder = QuantizedWeight(stored, cache=config.cache_dequantized)
-        for site in sites:
-            if id(site.module) not in replacements:
-                replacements[id(site.module)] = _replacement(site, holder)
-
-    for path, module in list(model.named_modules(remove_duplicate=False)):
-        if id(module) in replacements:
-            set_submodule(model, path, replacements[id(module)])
-    return model
+        cfg = config.config_for(chosen[0])
+        if cfg is None:
+            continue
+        if not site.targets <= set(config.targets):
+            say(f"{site.name} is tied to an embedding; left as it is (target embeddings too to quantize both)")
+            continue
+        if site.foreign:
+            raise TensorError(f"{site.name} is tied to {list(site.foreign)}, which wquant cannot replace; exclude "
+                              "this module or untie the weights")  # fmt: skip
+        if len({kind == "transposed" for _, kind in site.users}) > 1:
+            raise TensorError(f"{site.name} is tied between Conv1D and Linear/Embedding layouts; exclude it")
+        if site.kind == "embedding" and getattr(site.module, "max_norm", None) is not None:
+            raise TensorError(f"{site.name}: nn.Embedding with max_norm rewrites its weights on lookup; exclude it")
+        plan.append((site, cfg))
+    return plan
 
 
-def _replacement(site: _Site, holder: QuantizedWeight) -> nn.Module:
-    module = site.module
-    if site.kind == "embedding":
-        return QuantizedEmbedding(holder, padding_idx=module.padding_idx)
-    bias = module.bias if isinstance(getattr(module, "bias", None), nn.Parameter) else None
-    return QuantizedLinear(holder, bias, layout=site.kind)
+def _target(kind: str) -> str:
+    return "embedding" if kind == "embedding" else "linear"
 
 
-def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
-    """Replace the submodule at a dotted path (works for ModuleList indices too)."""
-    parent_path, _, leaf = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, leaf, module)
+def _data_free_site(site: WeightSite) -> bool:
+    """Embeddings take ids, not activations, and a tied weight has no one input: their data-free form is used."""
+    return site.kind == "embedding" or len(site.users) > 1
+
+
+def _quantize_site(
+    model: nn.Module, site: WeightSite, config: Any, hessian: torch.Tensor | None, tokens: int, *, cache: bool
+) -> LayerReport:
+    """Quantize one weight and swap in quantized modules for all its users; `cache` keeps the decoded weight
+    for the calibration passes still to come (cleared when the walk ends)."""
+    start = time.perf_counter()
+    weight = site.weight().cpu().contiguous()
+    try:
+        result = quantize_weight(weight, config, hessian, name=site.name)
+    except WquantError as exc:
+        message = str(exc) if site.name in str(exc) else f"{site.name}: {exc}"
+        raise type(exc)(f"{message} (shape {tuple(weight.shape)})") from None
+    stored = result.tensor
+    packed = PackedWeight(stored)
+    packed.cache = cache
+    for path, kind in site.users:
+        old = model.get_submodule(path)
+        if kind == "embedding":
+            new: nn.Module = QuantizedEmbedding(packed, padding_idx=old.padding_idx)
+        else:
+            bias = old.bias if isinstance(getattr(old, "bias", None), nn.Parameter) else None
+            new = QuantizedLinear(packed, bias, layout=kind)
+        set_submodule(model, path, new)
+    error = None if hessian is None else relative_error(weight.float(), stored.dequantize().float(), hessian)
+    return LayerReport(site.path, tuple(weight.shape), stored.spec.to_string(), stored.bits_per_param(), error,
+                       tokens, time.perf_counter() - start, result.note)  # fmt: skip
+
+
+def _describe(report: LayerReport) -> str:
+    error = "" if report.output_error is None else f" rel. output error {report.output_error:.4g}"
+    return f"{report.name}: {report.format} {report.bits_per_param:.4f} b/w{error} {report.note}".rstrip()

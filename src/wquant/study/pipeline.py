@@ -268,7 +268,7 @@ def stage_plan(loaded: Any, config: StudyConfig, tick: Callable[[], None]) -> di
 def _calibration(config: StudyConfig) -> list[str]:
     if config.calib is None:
         return list(CALIBRATION)
-    from wquant.evaluate.text import read_paragraphs
+    from wquant.data import read_paragraphs
 
     return read_paragraphs(config.calib, limit=config.max_texts)
 
@@ -276,7 +276,7 @@ def _calibration(config: StudyConfig) -> list[str]:
 def _texts(config: StudyConfig) -> list[str]:
     if config.text is None:
         return list(EVALUATION)[: config.max_texts]
-    from wquant.evaluate.text import read_paragraphs
+    from wquant.data import read_paragraphs
 
     return read_paragraphs(config.text, limit=config.max_texts)
 

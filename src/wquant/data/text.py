@@ -7,12 +7,8 @@ least `min_chars` characters, so captions and stray fragments do not dilute embe
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from wquant.errors import CorruptDataError, ParameterError
 from wquant.validation import check_int_range
@@ -88,17 +84,3 @@ def read_paragraphs(
     if not paragraphs:
         raise ParameterError(f"text file {path} has no paragraph of at least {min_chars} characters")
     return paragraphs
-
-
-@contextmanager
-def progress_bar(description: str, total: int | None, *, enabled: bool = True) -> Iterator[Callable[..., None]]:
-    """A rich progress bar; yields advance(n). Disabled, it costs nothing and prints nothing."""
-    if not enabled:
-        yield lambda n=1: None
-        return
-    columns = (
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-    )  # fmt: skip
-    with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:  # stdout stays data
-        task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
