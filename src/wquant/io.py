@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from wquant.errors import ParameterError
+
 
 def file_mode() -> int:
     """The permissions `open()` would give a new file under the current umask."""
@@ -39,3 +41,19 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
     """Write text (UTF-8) or bytes atomically."""
     blob = data.encode("utf-8") if isinstance(data, str) else data
     return atomic_write(path, lambda tmp: tmp.write_bytes(blob))
+
+
+def check_writable_dir(path: str | os.PathLike[str], what: str = "--out") -> Path:
+    """Refuse, before any work starts and without creating anything, a folder that could not be written.
+
+    The folder may not exist yet (it is created later); then its nearest existing parent must be writable.
+    """
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ParameterError(f"{what} {folder} is a file, not a folder; choose another {what}")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ParameterError(f"{what} {folder}: {existing} is a file, not a folder; choose another {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ParameterError(f"cannot write to {existing}: permission denied; choose another {what}")
+    return folder
