@@ -242,6 +242,7 @@ def train_lm_cmd(
     context: Annotated[int, typer.Option(help="training window, characters")] = 128,
     batch_size: Annotated[int, typer.Option(help="windows per step")] = 16,
     threads: Annotated[int, typer.Option(help="torch CPU threads while training")] = 2,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing, non-empty --out folder")] = False,
 ) -> None:
     """Train a small seeded character-level Llama on a text file (a causal LM for KL / perplexity work).
 
@@ -260,7 +261,7 @@ def train_lm_cmd(
         hidden_size=hidden_size, layers=layers, heads=heads, intermediate_size=3 * hidden_size,
         context=context, batch_size=batch_size, steps=steps, seed=seed, threads=threads,
     )  # fmt: skip
-    result = train_causal_lm(text, out, config, progress=True)
+    result = train_causal_lm(text, out, config, progress=True, force=force)
     console.print(
         f"trained {result.params:,} parameters in {result.seconds:.0f} s: train loss {result.train_loss:.3f}, "
         f"held-out loss {result.heldout_loss:.3f} nats/char → {result.path}"
