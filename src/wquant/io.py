@@ -7,9 +7,12 @@ give it (mkstemp makes 0600), and is renamed over the destination in one step.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from wquant.errors import ParameterError
 
 
 def file_mode() -> int:
@@ -39,3 +42,49 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
     """Write text (UTF-8) or bytes atomically."""
     blob = data.encode("utf-8") if isinstance(data, str) else data
     return atomic_write(path, lambda tmp: tmp.write_bytes(blob))
+
+
+def check_writable_dir(path: str | os.PathLike[str], what: str = "--out") -> Path:
+    """Refuse, before any work starts and without creating anything, a folder that could not be written.
+
+    The folder may not exist yet (it is created later); then its nearest existing parent must be writable.
+    """
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ParameterError(f"{what} {folder} is a file, not a folder; choose another {what}")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ParameterError(f"{what} {folder}: {existing} is a file, not a folder; choose another {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ParameterError(f"cannot write to {existing}: permission denied; choose another {what}")
+    return folder
+
+
+def check_output_folder(out_dir: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """The output folder, refused before any work if it is a file, not writable, or holds files and not force."""
+    out = check_writable_dir(out_dir)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ParameterError(f"{out} exists and is not empty; pass --force to replace it")
+    return out
+
+
+def staging_folder(out: Path) -> Path:
+    """An empty sibling of `out` to write a whole output folder into before `replace_folder` swaps it in."""
+    staging = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def replace_folder(staging: Path, out: Path) -> None:
+    """Swap the finished folder in: the old one (if any) is moved aside first and removed only afterwards."""
+    old = out.with_name(f"{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        if old.exists():
+            os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 from typer.testing import CliRunner
 
 from wquant.cli.main import app
@@ -61,3 +62,35 @@ def test_compare_plots_rate_distortion(tmp_path):
     assert coded["spec"].startswith("uniform0.") and 2.5 * 0.995 <= coded["bits_per_param"] <= 2.5
     assert abs(coded["gap_bits"] - 0.2546) < 0.05  # ECSQ sits ½·log2(πe/6) bits above the Gaussian R(D)
     assert target.stat().st_size > 10_000 and target.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_is_scale_invariant_and_names_formats_that_cannot_reach_the_magnitude(tmp_path):
+    """Weights near 1e30: the float32 energy used to overflow (MSE nan, SQNR inf). Formats with fp32/e8m0 scales
+    give the same relative error as at unit scale; fp16 scales saturate at 65504 and are named as failing."""
+    import torch
+    from safetensors.torch import save_file
+
+    unit = torch.randn(16, 256, generator=torch.Generator().manual_seed(2))
+    for name, tensor in (("unit", unit), ("huge", unit * 2.0**100), ("tiny", unit * 2.0**-100)):
+        save_file({"w": tensor}, str(tmp_path / f"{name}.safetensors"))
+    specs = ["-f", "nf4", "-f", "mxfp4", "-f", "int4/block64:absmax:fp16"]
+
+    def rows(name):
+        argv = ["formats", "compare", "--dist", f"{tmp_path}/{name}.safetensors:w", *specs, "--json"]
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 0, result.output
+        return {r["spec"]: r for r in map(json.loads, result.stdout.splitlines())}
+
+    at_unit = rows("unit")
+    for name in ("huge", "tiny"):
+        scaled = rows(name)
+        for spec in ("nf4/block64:absmax:fp32", "e2m1/block32:absmax:e8m0"):
+            assert scaled[spec]["problem"] == "" and math.isfinite(scaled[spec]["sqnr_db"])
+            assert scaled[spec]["rel_mse"] == pytest.approx(at_unit[spec]["rel_mse"], rel=1e-6)
+        fp16 = scaled["int4/block64:absmax:fp16"]
+        assert "cannot represent this magnitude" in fp16["problem"] and fp16["rel_mse"] > 0.5
+    assert at_unit["int4/block64:absmax:fp16"]["problem"] == ""
+    table = runner.invoke(app, ["formats", "compare", "--dist", f"{tmp_path}/huge.safetensors:w", *specs])
+    assert table.exit_code == 0 and "cannot represent" in table.stdout
+    cells = {cell.strip().lower() for line in table.stdout.splitlines() if "│" in line for cell in line.split("│")}
+    assert not cells & {"nan", "inf", "-inf"}

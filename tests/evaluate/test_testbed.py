@@ -55,3 +55,26 @@ def test_bad_training_input(tmp_path) -> None:
         train_causal_lm(short, tmp_path / "out", TINY)
     with pytest.raises(ParameterError, match="multiple of heads"):
         TrainConfig(hidden_size=10, heads=3)
+
+
+def test_existing_output_folder_is_replaced_only_with_force(tmp_path) -> None:
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT)
+    out = tmp_path / "lm"
+    out.mkdir()
+    (out / "stale.bin").write_bytes(b"an earlier run")
+    with pytest.raises(ParameterError, match="exists and is not empty; pass --force"):
+        train_causal_lm(text, out, TINY)
+    assert [p.name for p in out.iterdir()] == ["stale.bin"]
+    result = train_causal_lm(text, out, TINY, force=True)
+    names = {p.name for p in result.path.iterdir()}
+    assert "model.safetensors" in names and "stale.bin" not in names
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("lm.")] == []  # no staging folder left
+
+
+def test_shape_options_are_checked_before_training() -> None:
+    with pytest.raises(ParameterError, match="odd head size 7; rotary embeddings need an even one: use hidden_size 8"):
+        TrainConfig(hidden_size=7, heads=1)
+    with pytest.raises(ParameterError, match="odd head size 3.*use hidden_size 16"):
+        TrainConfig(hidden_size=12, heads=4)
+    assert TrainConfig(hidden_size=16, heads=4).hidden_size == 16

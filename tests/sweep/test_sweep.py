@@ -64,6 +64,10 @@ def test_dask_local_cluster_gives_the_same_table(tmp_path):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as cluster:  # fmt: skip
         remote = run_sweep(config, tmp_path / "dask", scheduler=cluster.scheduler_address, progress=False)
+        worker = next(iter(cluster.scheduler_info["workers"]))
+        with pytest.raises(ParameterError, match=r"is a Dask Worker, not a scheduler"):
+            run_sweep(config, tmp_path / "worker", scheduler=worker, progress=False)
+    assert not (tmp_path / "worker").exists()
     assert remote.computed == len(local.rows)
     assert remote.rows == local.rows
 
@@ -74,8 +78,9 @@ def test_unanswering_scheduler_fails_within_the_timeout(tmp_path):
 
     start = time.monotonic()
     with pytest.raises(ParameterError, match="no Dask scheduler answered"):
-        run_sweep(parse_sweep_config(THEORY_GRID), tmp_path, scheduler="tcp://127.0.0.1:9", progress=False)
-    assert time.monotonic() - start < 30
+        run_sweep(parse_sweep_config(THEORY_GRID), tmp_path / "out", scheduler="tcp://127.0.0.1:9", progress=False)
+    assert time.monotonic() - start < 10
+    assert not (tmp_path / "out").exists()  # refused before anything was created
 
 
 @pytest.mark.parametrize(

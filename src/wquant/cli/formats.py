@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Annotated
 
 import torch
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from wquant.cli.app import WquantApp, stdout_console
@@ -70,14 +72,24 @@ def compare(
         from wquant.report.rate_distortion import plot_rate_distortion
 
         samples = None if source == "normal" else bound_samples(x)
-        typer.echo(f"figure: {plot_rate_distortion(reports, plot, source=source, samples=samples)}", err=True)
-    if as_json:
+        shown = [r for r in reports if not r.problem]
+        typer.echo(f"figure: {plot_rate_distortion(shown, plot, source=source, samples=samples)}", err=True)
+    if as_json:  # non-finite numbers become null: JSON has no NaN or Infinity
         for report in reports:
-            typer.echo(json.dumps(dataclasses.asdict(report)))
+            row = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                   for k, v in dataclasses.asdict(report).items()}  # fmt: skip
+            typer.echo(json.dumps(row))
         return
     table = Table(title=f"{dist}: {x.numel():,} values")
     for col in ("format", "bits/param", "rel. MSE", "SQNR dB", "gap to R(D), bits"):
         table.add_column(col, justify="left" if col == "format" else "right")
-    for r in sorted(reports, key=lambda rep: rep.bits_per_param):
-        table.add_row(r.spec, f"{r.bits_per_param:.4f}", f"{r.rel_mse:.5f}", f"{r.sqnr_db:.2f}", f"{r.gap_bits:.3f}")
+    for r in sorted(reports, key=lambda rep: (math.isnan(rep.bits_per_param), rep.bits_per_param)):
+        bits = f"{r.bits_per_param:.4f}" if math.isfinite(r.bits_per_param) else "—"
+        if r.problem:
+            table.add_row(r.spec, bits, "cannot represent", "—", "—")
+        else:
+            table.add_row(r.spec, bits, f"{r.rel_mse:.5f}", f"{r.sqnr_db:.2f}", f"{r.gap_bits:.3f}")
     console.print(table)
+    for r in reports:
+        if r.problem:
+            console.print(f"{escape(r.spec)}: {escape(r.problem)}", highlight=False)

@@ -114,12 +114,12 @@ def quantize_cmd(
       wquant quantize minilm -f int4/block64:absmax:bf16 --algorithm gptq --calib calib.txt --out minilm-gptq
       wquant quantize minilm -f int4:unsigned/block64:minmax:bf16 --algorithm hqq --out minilm-hqq
     """
-    from wquant.io import check_output_dir
+    from wquant.io import check_output_folder
     from wquant.models import load_pretrained, model_bits, quantize_, save_quantized
 
     _quiet_transformers()
     config = _config(fmt, override, target, exclude, algorithm)
-    check_output_dir(out, force=force)
+    check_output_folder(out, force=force)
     loaded = load_pretrained(model_dir)
     before = model_bits(loaded.model)
     uses_data = any(c is not None and c.uses_calibration for c in (config.method, *dict(config.overrides).values()))
@@ -243,6 +243,7 @@ def train_lm_cmd(
     context: Annotated[int, typer.Option(help="training window, characters")] = 128,
     batch_size: Annotated[int, typer.Option(help="windows per step")] = 16,
     threads: Annotated[int, typer.Option(help="torch CPU threads while training")] = 2,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing, non-empty --out folder")] = False,
 ) -> None:
     """Train a small seeded character-level Llama on a text file (a causal LM for KL / perplexity work).
 
@@ -261,7 +262,7 @@ def train_lm_cmd(
         hidden_size=hidden_size, layers=layers, heads=heads, intermediate_size=3 * hidden_size,
         context=context, batch_size=batch_size, steps=steps, seed=seed, threads=threads,
     )  # fmt: skip
-    result = train_causal_lm(text, out, config, progress=True)
+    result = train_causal_lm(text, out, config, progress=True, force=force)
     console.print(
         f"trained {result.params:,} parameters in {result.seconds:.0f} s: train loss {result.train_loss:.3f}, "
         f"held-out loss {result.heldout_loss:.3f} nats/char → {result.path}"

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from wquant.data import read_text
-from wquant.errors import ParameterError
+from wquant.errors import BudgetError, ParameterError
+from wquant.io import check_output_folder, replace_folder, staging_folder
 from wquant.progress import progress_bar
 from wquant.validation import check_int_range, check_positive
 
@@ -62,6 +63,21 @@ class TrainConfig:
             raise ParameterError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
         if self.hidden_size % self.heads:
             raise ParameterError(f"hidden_size {self.hidden_size} must be a multiple of heads {self.heads}")
+        if (self.hidden_size // self.heads) % 2:  # rotary position embeddings turn pairs of coordinates
+            fit = -(-self.hidden_size // (2 * self.heads)) * 2 * self.heads
+            raise ParameterError(
+                f"hidden_size {self.hidden_size} over {self.heads} head(s) gives an odd head size "
+                f"{self.hidden_size // self.heads}; rotary embeddings need an even one: use hidden_size {fit}"
+            )
+
+    def training_bytes(self, vocab_size: int) -> int:
+        """A rough upper estimate of training memory: fp32 weights, gradients and two AdamW moments, plus the
+        activations kept for the backward pass (projections, MLP, attention maps) of one batch."""
+        h, i, n = self.hidden_size, self.intermediate_size, self.context
+        params = self.layers * (4 * h * h + 3 * h * i + 2 * h) + 2 * vocab_size * h + h
+        per_layer = self.batch_size * n * (12 * h + 3 * i + 3 * self.heads * n)
+        logits = 3 * self.batch_size * n * vocab_size
+        return 4 * (4 * params + self.layers * per_layer + logits)
 
 
 @dataclass(frozen=True)
@@ -134,9 +150,15 @@ def train_causal_lm(
     config: TrainConfig | None = None,
     *,
     progress: bool = False,
+    force: bool = False,
 ) -> TrainResult:
-    """Train the testbed on a UTF-8 text file and save model + tokenizer + training record to `out_dir`."""
+    """Train the testbed on a UTF-8 text file and save model + tokenizer + training record to `out_dir`.
+
+    The folder is checked before training (a non-empty one is replaced only with force=True) and written as
+    a whole: into a temporary sibling, then renamed into place.
+    """
     config = config or TrainConfig()
+    out = check_output_folder(out_dir, force=force)
     text = read_text(text_path)
     train_text, heldout_text = split_text(text, config.train_fraction)
     if len(train_text) < 2 * (config.context + 1):
@@ -144,6 +166,7 @@ def train_causal_lm(
             f"{text_path} has {len(train_text)} training characters; training needs at least {2 * (config.context + 1)}"
         )
     tokenizer = char_tokenizer(text)
+    _check_memory(config, len(tokenizer))
     encode = lambda s: torch.as_tensor(  # noqa: E731
         tokenizer(s, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long
     )
@@ -182,10 +205,9 @@ def train_causal_lm(
         torch.set_num_threads(previous_threads)
     seconds = time.perf_counter() - start
     tail = losses[-max(1, len(losses) // 10) :]
-    out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
-    tokenizer.save_pretrained(str(out))
+    staging = staging_folder(out)
+    model.save_pretrained(str(staging), safe_serialization=True)
+    tokenizer.save_pretrained(str(staging))
     result = TrainResult(out, sum(p.numel() for p in model.parameters()), sum(tail) / len(tail), heldout, seconds)
     record = {
         "config": asdict(config),
@@ -198,8 +220,21 @@ def train_causal_lm(
         "seconds": seconds,
         "torch_version": torch.__version__,
     }
-    (out / TRAINING_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
+    (staging / TRAINING_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
+    replace_folder(staging, out)
     return result
+
+
+def _check_memory(config: TrainConfig, vocab_size: int) -> None:
+    from wquant.models.hf import available_memory_bytes, human_bytes
+
+    needed, free = config.training_bytes(vocab_size), available_memory_bytes()
+    if needed > free:
+        raise BudgetError(
+            f"training hidden_size {config.hidden_size} × {config.layers} layers (context {config.context}, batch "
+            f"{config.batch_size}) needs about {human_bytes(needed)} but only {human_bytes(free)} is available; "
+            "choose a smaller model"
+        )
 
 
 def cached_testbed(

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wquant.errors import ParameterError, SpecError, TensorError, WquantError
+from wquant.errors import BudgetError, CorruptDataError, ParameterError, SpecError, TensorError, WquantError
 from wquant.formats.quantize import quantize
 from wquant.formats.spec import FormatSpec, parse_spec
 from wquant.limits import gap_to_bound_bits
@@ -19,6 +19,9 @@ from wquant.validation import check_int_range, check_tensor
 #: Samples handed to Blahut–Arimoto when the bound has no closed form (0.1 s a point; 2^16 points resolve
 #: the empirical R(D) well below the distortions of 2–8 bit formats).
 BOUND_SAMPLE_CAP = 2**16
+#: Tensors with an RMS beyond 2^±MAGNITUDE_BITS are also quantized at unit RMS, to tell a format whose scales
+#: cannot reach them from one that is merely coarse (fp16 scales overflow near 1e5 and lose precision below 1e-5).
+MAGNITUDE_BITS = 10
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class FormatReport:
     rel_mse: float
     sqnr_db: float
     gap_bits: float
+    problem: str = ""  # set when the format cannot represent this tensor; the numbers then show the failure
 
 
 def sample_source(dist: str, n: int, seed: int = 0) -> torch.Tensor:
@@ -56,7 +60,7 @@ def sample_source(dist: str, n: int, seed: int = 0) -> torch.Tensor:
 
 def load_tensor(ref: str) -> torch.Tensor:
     """'file.safetensors:name' → that tensor (read lazily, nothing else is loaded)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path_str, sep, name = ref.rpartition(":")
     path = Path(path_str)
@@ -70,8 +74,13 @@ def load_tensor(ref: str) -> torch.Tensor:
             return handle.get_tensor(name)
     except WquantError:
         raise
-    except (OSError, ValueError) as exc:  # safetensors raises these on a corrupt header
-        raise TensorError(f"{path} is not a readable safetensors file ({exc})") from None
+    except OSError as exc:
+        raise TensorError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (SafetensorError, ValueError, TypeError) as exc:  # a damaged header or data section
+        reason = " ".join(str(exc).split())[:200]
+        raise CorruptDataError(
+            f"{path} is not a valid safetensors file ({reason}); re-create it from its source"
+        ) from None
 
 
 def standard_formats(bits: int) -> list[str]:
@@ -98,7 +107,32 @@ def bound_samples(x: torch.Tensor) -> np.ndarray:
     flat = x.detach().reshape(-1).double().numpy()
     if flat.size > BOUND_SAMPLE_CAP:
         flat = flat[np.random.default_rng(0).choice(flat.size, BOUND_SAMPLE_CAP, replace=False)]
+    flat = flat / np.abs(flat).max()  # first to O(1): squares of 1e200 would overflow even float64
     return flat / math.sqrt(float(np.mean(flat**2)))
+
+
+def relative_error(x_hat: torch.Tensor, x: torch.Tensor) -> float:
+    """‖x̂ − x‖² / ‖x‖² in float64, both divided by max|x| first: the same value at any magnitude, and NaN
+    only when x̂ itself is not finite."""
+    ref = x.detach().double().reshape(-1)
+    approx = x_hat.detach().double().reshape(-1)
+    if not bool(torch.isfinite(approx).all()):
+        return float("nan")
+    peak = ref.abs().max()
+    return float(((approx - ref) / peak).square().sum() / (ref / peak).square().sum())
+
+
+def unit_scale(x: torch.Tensor) -> float | None:
+    """A power of two bringing x to about unit RMS when it is far from it (beyond 2^±MAGNITUDE_BITS), else None.
+
+    Scaling by a power of two is exact, and formats with floating-point scales are then equivariant, so a
+    format that does much worse on x than on x·unit_scale(x) cannot cover x's magnitude.
+    """
+    flat = x.detach().double().reshape(-1)
+    peak = float(flat.abs().max())
+    rms = peak * math.sqrt(float((flat / peak).square().mean()))
+    exponent = round(math.log2(rms))
+    return 2.0**-exponent if abs(exponent) > MAGNITUDE_BITS else None
 
 
 def compare_formats(x: torch.Tensor, specs: list[str | FormatSpec], source: str | None = None) -> list[FormatReport]:
@@ -110,18 +144,46 @@ def compare_formats(x: torch.Tensor, specs: list[str | FormatSpec], source: str 
     x = check_tensor(x, "tensor to compare on")
     if not specs:
         raise SpecError("no formats to compare; pass at least one spec")
-    x32 = x.detach().float()
-    energy = float(x32.square().sum())
-    if energy == 0:
+    peak = float(x.detach().abs().max())
+    if peak == 0:
         raise TensorError("the tensor is all zeros; its relative error is undefined")
+    if peak > torch.finfo(torch.float32).max:
+        raise TensorError(f"the tensor reaches {peak:.3g}, beyond float32 (formats quantize in float32); rescale it")
+    x32 = x.detach().float()
+    unit = unit_scale(x32)
     bound_source: str | np.ndarray = "normal" if source == "normal" else bound_samples(x32)
     reports = []
     for spec in specs:
         fmt = parse_spec(spec)
-        q = quantize(x32, fmt)
-        rel = float((q.dequantize() - x32).square().sum()) / energy
+        try:
+            q = quantize(x32, fmt)
+        except BudgetError as exc:
+            if unit is None:
+                raise
+            nan = float("nan")
+            problem = f"cannot meet its budget at this magnitude (max |x| {peak:.3g}): {exc}"
+            reports.append(FormatReport(fmt.to_string(), nan, nan, nan, nan, problem))
+            continue
+        rel = relative_error(q.dequantize(), x32)
         bpp = q.bits_per_param()
-        gap = gap_to_bound_bits(bpp, rel, bound_source) if rel > 0 else float("nan")
-        sqnr = -10 * math.log10(rel) if rel > 0 else float("inf")
-        reports.append(FormatReport(q.spec.to_string(), bpp, rel, sqnr, gap))
+        measured = math.isfinite(rel) and rel > 0
+        gap = gap_to_bound_bits(bpp, rel, bound_source) if measured else float("nan")
+        sqnr = -10 * math.log10(rel) if measured else float("inf") if rel == 0 else float("nan")
+        reports.append(FormatReport(q.spec.to_string(), bpp, rel, sqnr, gap, _range_problem(fmt, x32, rel, unit, peak)))
     return reports
+
+
+def _range_problem(fmt: FormatSpec, x32: torch.Tensor, rel: float, unit: float | None, peak: float) -> str:
+    """Why `fmt` cannot represent x (its reconstruction overflows, or it fails at x's magnitude but not at unit
+    scale), or "" when it can. The root cause is the format's scale range, which quantize() does not report."""
+    if not math.isfinite(rel):
+        return f"its reconstruction overflows to inf/NaN at this magnitude (max |x| {peak:.3g})"
+    if unit is None:
+        return ""
+    reference = relative_error(quantize(x32 * unit, fmt).dequantize(), x32 * unit)
+    if rel > 2 * reference + 1e-6:
+        return (
+            f"it cannot represent this magnitude (max |x| {peak:.3g}; its scales or stored values run out of range): "
+            f"relative MSE {rel:.3g} here vs {reference:.3g} on the same tensor scaled by a power of two to unit RMS"
+        )
+    return ""

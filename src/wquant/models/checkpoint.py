@@ -31,7 +31,7 @@ import wquant
 from wquant.errors import CorruptDataError, ParameterError, WquantError
 from wquant.formats import QuantizedTensor, parse_spec
 from wquant.formats.quantized import FIELDS
-from wquant.io import atomic_write, file_mode
+from wquant.io import atomic_write, check_output_folder, file_mode, replace_folder, staging_folder
 from wquant.models.bits import model_bits
 from wquant.models.hf import check_fits_in_memory
 from wquant.models.layers import PackedWeight, QuantizedEmbedding, QuantizedLinear, packed_weights, quantized_modules
@@ -90,12 +90,18 @@ def _base_config(model: nn.Module) -> dict[str, Any] | None:
     return json.loads(json.dumps(data, default=str))  # JSON-safe (dtypes etc. become strings)
 
 
-def save_quantized(model: nn.Module, out_dir: str | os.PathLike[str], *, tokenizer: Any = None) -> Path:
-    """Write `model` (quantized with quantize_, or not) to `out_dir`; returns the folder."""
+def save_quantized(
+    model: nn.Module, out_dir: str | os.PathLike[str], *, tokenizer: Any = None, force: bool = False
+) -> Path:
+    """Write `model` (quantized with quantize_, or not) to `out_dir`; returns the folder.
+
+    A non-empty `out_dir` is refused unless `force`; the folder is written whole into a sibling and swapped
+    in, so an interrupted save leaves the old folder (or none) and never a mix.
+    """
     from safetensors.torch import save_file
 
-    out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    final = check_output_folder(out_dir, force=force)
+    out = staging_folder(final)
     tensors: dict[str, torch.Tensor] = {}
     packed_path = {id(m): name for name, m in model.named_modules() if isinstance(m, PackedWeight)}
     packed: dict[str, Any] = {}
@@ -152,7 +158,8 @@ def save_quantized(model: nn.Module, out_dir: str | os.PathLike[str], *, tokeniz
         _save_tokenizer(tokenizer, out)
     manifest = {"body": body, "sha256": _sha256(_canonical(body))}
     atomic_write(out / MANIFEST_FILE, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8"))
-    return out
+    replace_folder(out, final)
+    return final
 
 
 def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ class SweepConfig:
 
     def points(self) -> list[dict[str, Any]]:
         """The cartesian product of the list-valued axes; `{bits}` in a format template takes each bit depth."""
-        axes = {k: v if isinstance(v, list) else [v] for k, v in self.grid.items()}
+        axes = {k: _as_list(v) for k, v in self.grid.items()}
         if self.kind in ("formats", "model"):
             templates = axes.pop("formats")
             bits = axes.pop("bits")
@@ -47,6 +47,10 @@ class SweepConfig:
         keys = sorted(axes)
         return [dict(zip(keys, combo, strict=True), kind=self.kind, seed=self.seed)
                 for combo in itertools.product(*(axes[k] for k in keys))]  # fmt: skip
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 def _unknown(found: set[str], valid: set[str], where: str) -> None:
@@ -65,13 +69,20 @@ def parse_sweep_config(data: dict[str, Any]) -> SweepConfig:
     if kind not in KINDS:
         raise ParameterError(f"[sweep] kind = {kind!r} is not one of: {', '.join(KINDS)}")
     table = data.get(kind, {})
+    if not isinstance(table, dict):
+        raise ParameterError(f"[{kind}] must be a table of grid keys, got {table!r}")
     _unknown(set(table), set(GRID_KEYS[kind]), kind)
     grid = {**GRID_KEYS[kind], **table}
+    for key, value in sorted(table.items()):
+        if isinstance(value, list) and not value:
+            raise ParameterError(f"[{kind}] {key} is empty, so the grid has no points; give {key} at least one value")
     if kind in ("formats", "model"):
         if not grid["formats"]:
             raise ParameterError(f"[{kind}] needs formats = [...] (spec templates, e.g. 'int{{bits}}/block64')")
-        for template in grid["formats"]:
-            for b in grid["bits"] if isinstance(grid["bits"], list) else [grid["bits"]]:
+        for template in _as_list(grid["formats"]):
+            if not isinstance(template, str):
+                raise ParameterError(f"[{kind}] formats holds {template!r}; give spec templates as strings")
+            for b in _as_list(grid["bits"]):
                 try:
                     parse_spec(template.format(bits=b))
                 except (SpecError, KeyError, IndexError) as exc:

@@ -14,10 +14,9 @@ from typing import Any
 
 from wquant import __version__
 from wquant.errors import ParameterError
-from wquant.io import write_atomic
+from wquant.io import check_writable_dir, write_atomic
 from wquant.sweep.config import SweepConfig
-
-CONNECT_TIMEOUT_S = 10
+from wquant.sweep.scheduler import connect_scheduler, scheduler_address
 
 
 def point_key(point: dict[str, Any]) -> str:
@@ -72,6 +71,30 @@ class SweepResult:
     rows: tuple[dict[str, Any], ...]
     computed: int
     cached: int
+    damaged: int = 0  # cache entries that failed their check and were recomputed (counted in computed)
+
+
+def entry_digest(key: str, point: dict[str, Any], result: dict[str, Any]) -> str:
+    """sha256 over wquant's version, the point (and its key) and the result: a cache entry is trusted only for
+    the point it was computed for, by this version, unedited."""
+    blob = json.dumps([__version__, key, point, result], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def encode_entry(key: str, point: dict[str, Any], result: dict[str, Any]) -> str:
+    entry = {"version": __version__, "key": key, "point": point, "result": result}
+    return json.dumps({**entry, "sha256": entry_digest(key, point, result)}, sort_keys=True)
+
+
+def read_entry(path: Path, key: str, point: dict[str, Any]) -> dict[str, Any] | None:
+    """The cached result of `point`, or None when the entry is missing, unreadable, edited or someone else's."""
+    try:
+        entry = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):  # missing, unreadable, not UTF-8 JSON, absurdly nested
+        return None
+    if not isinstance(entry, dict) or not isinstance(result := entry.get("result"), dict):
+        return None
+    return result if entry.get("sha256") == entry_digest(key, point, result) else None
 
 
 def run_sweep(
@@ -82,31 +105,52 @@ def run_sweep(
     point_fn: Callable[[dict[str, Any]], dict[str, Any]] = run_point,
     progress: bool = True,
 ) -> SweepResult:
-    """Run every point not cached under OUT/points/, then write OUT/results.csv (one tidy row per point)."""
-    out = Path(out)
-    cache_dir = out / "points"
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ParameterError(f"cannot create {cache_dir}: {exc.strerror or exc}") from None
+    """Run every point without a valid entry under OUT/points/, then write OUT/results.csv (one row per point).
+
+    The address and the output folder are checked, and the scheduler verified, before anything is created.
+    """
+    address = scheduler_address(scheduler) if scheduler is not None else None
+    out = check_writable_dir(out)
+    cache_dir = check_writable_dir(out / "points")
     points = config.points()
     keys = [point_key(p) for p in points]
-    todo = [(k, p) for k, p in zip(keys, points, strict=True) if not (cache_dir / f"{k}.json").is_file()]
+    results: dict[str, dict[str, Any]] = {}
+    todo: dict[str, dict[str, Any]] = {}
+    damaged = 0
+    for key, point in zip(keys, points, strict=True):
+        if key in results or key in todo:  # a point listed twice is computed once
+            continue
+        path = cache_dir / f"{key}.json"
+        if (stored := read_entry(path, key, point)) is not None:
+            results[key] = stored
+        else:
+            todo[key] = point
+            damaged += path.exists()
 
     def finish(key: str, point: dict[str, Any], result: dict[str, Any]) -> None:
-        write_atomic(cache_dir / f"{key}.json", json.dumps({"point": point, "result": result}))
+        blob = encode_entry(key, point, result)
+        write_atomic(cache_dir / f"{key}.json", blob)
+        results[key] = json.loads(blob)["result"]  # the row holds what a rerun reads back from the cache
 
     if todo:
-        if scheduler:
-            _run_dask(todo, scheduler, point_fn, finish)
+        if address is not None:
+            with connect_scheduler(address) as client:
+                _make_dir(cache_dir)
+                _run_dask(client, list(todo.items()), point_fn, finish)
         else:
-            _run_local(todo, config.jobs, point_fn, finish, progress)
-    rows = []
-    for key, point in zip(keys, points, strict=True):
-        stored = json.loads((cache_dir / f"{key}.json").read_text())
-        rows.append({**{k: v for k, v in point.items() if k != "kind"}, **stored["result"]})
+            _make_dir(cache_dir)
+            _run_local(list(todo.items()), config.jobs, point_fn, finish, progress)
+    rows = [{**{k: v for k, v in point.items() if k != "kind"}, **results[key]}
+            for key, point in zip(keys, points, strict=True)]  # fmt: skip
     table = write_table(out / "results.csv", rows)
-    return SweepResult(table, tuple(rows), len(todo), len(points) - len(todo))
+    return SweepResult(table, tuple(rows), len(todo), len(set(keys)) - len(todo), damaged)
+
+
+def _make_dir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ParameterError(f"cannot create {folder}: {exc.strerror or exc}; choose another --out") from None
 
 
 def _run_local(todo, jobs, point_fn, finish, progress) -> None:  # type: ignore[no-untyped-def]
@@ -124,22 +168,13 @@ def _run_local(todo, jobs, point_fn, finish, progress) -> None:  # type: ignore[
             bar.advance(task, len(chunk))
 
 
-def _run_dask(todo, scheduler, point_fn, finish) -> None:  # type: ignore[no-untyped-def]
-    try:
-        from distributed import Client, as_completed
-    except ImportError:
-        raise ParameterError("--scheduler needs dask.distributed: pip install 'wquant[dask]'") from None
-    try:
-        client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError) as exc:
-        raise ParameterError(
-            f"no Dask scheduler answered at {scheduler} within {CONNECT_TIMEOUT_S} s ({exc}); check the address"
-        ) from None
-    with client:
-        futures = {client.submit(point_fn, point, pure=False): (key, point) for key, point in todo}
-        for future in as_completed(futures):
-            key, point = futures[future]
-            finish(key, point, future.result())
+def _run_dask(client, todo, point_fn, finish) -> None:  # type: ignore[no-untyped-def]
+    from distributed import as_completed
+
+    futures = {client.submit(point_fn, point, pure=False): (key, point) for key, point in todo}
+    for future in as_completed(futures):
+        key, point = futures[future]
+        finish(key, point, future.result())
 
 
 def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
