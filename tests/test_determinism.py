@@ -34,14 +34,14 @@ def test_quantizing_twice_gives_the_same_bytes(spec):
 def test_saving_a_quantized_model_twice_gives_identical_files(tmp_path):
     from transformers import BertConfig, BertModel
 
-    from wquant.models import QuantizeConfig, quantize_model, save_quantized
+    from wquant.models import QuantizeConfig, quantize_, save_quantized
 
     digests = []
     for run in range(2):
         torch.manual_seed(0)
         net = BertModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                    intermediate_size=64, max_position_embeddings=32))  # fmt: skip
-        quantize_model(net, QuantizeConfig("uniform@4/tensor:rms:bf16+coded", targets=("linear",)))
+        quantize_(net, QuantizeConfig("uniform@4/tensor:rms:bf16+coded", targets=("linear",)))
         out = save_quantized(net, tmp_path / f"run{run}")
         digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())})
     assert digests[0] == digests[1]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from wquant.algorithms import HQQConfig, algorithm_config, hqq, quantize_layer, shrink_lp
+from wquant.algorithms import HQQConfig, config_for, hqq, quantize_weight, shrink_lp
 from wquant.errors import ParameterError, SpecError, TensorError
-from wquant.formats import QuantizedTensor, quantize
+from wquant.formats import QuantizedTensor, parse_spec, quantize
 
 
 def _gaussian(seed: int = 0) -> torch.Tensor:
@@ -180,25 +180,25 @@ def test_deterministic() -> None:
 
 
 def test_wired_as_a_data_free_algorithm() -> None:
-    config = algorithm_config("hqq", bits=3)
+    config = config_for("hqq", parse_spec("int3:unsigned/block64:minmax:bf16"))
     assert isinstance(config, HQQConfig) and config.spec.to_string() == "int3:unsigned/block64:minmax:bf16"
-    assert not config.needs_calibration
+    assert not config.needs_calibration and not config.uses_calibration
     with pytest.raises(SpecError, match="minmax"):
-        algorithm_config("hqq", "int4/block64:absmax:bf16")
+        config_for("hqq", parse_spec("int4/block64:absmax:bf16"))
     w = _gaussian(seed=6)[:32, :128]
-    stored, _ = quantize_layer(w, config, None)
+    stored = quantize_weight(w, config, None).tensor
     assert torch.equal(stored.codes, hqq(w, config).codes)
 
 
 def test_model_walk_runs_without_calibration() -> None:
     from torch import nn
 
-    from wquant.algorithms import quantize_model_with
+    from wquant.models import quantize_
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16))
     original = model[0].weight.detach().clone()
-    reports = quantize_model_with(model, HQQConfig(), None)
+    reports = quantize_(model, HQQConfig())
     assert [r.name for r in reports] == ["0", "2"] and all(r.output_error is None for r in reports)
-    assert torch.equal(model[0].stored.quantized.codes, hqq(original).codes)
+    assert torch.equal(model[0].qweight.quantized.codes, hqq(original).codes)
     assert reports[0].bits_per_param == 4.5

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from algo_helpers import correlated_layer
 
 from wquant.algorithms import RTNConfig, hessian_from_inputs, rtn
-from wquant.algorithms._grid import prepare
 from wquant.errors import ParameterError, TensorError
-from wquant.formats import quantize
+from wquant.formats import as_2d, prepare_layout, quantize
 
 SPECS = [
     "int4/block64:absmax:bf16",
@@ -82,13 +82,16 @@ def test_fisher_weights_steer_the_clip() -> None:
     assert weighted(f_out) <= weighted(o_out) * (1 + 1e-6)
 
 
-def test_refit_reproduces_static_scales() -> None:
+def test_layout_primitives_choose_the_scales_quantize_stores() -> None:
     w = torch.randn(20, 100, generator=torch.Generator().manual_seed(4))
-    for spec in ("int4/block32:absmax:bf16", "int4:unsigned/block32:minmax:bf16", "nvfp4", "nf4/channel:absmax:fp16"):
-        grid = prepare(w, spec)
-        scales = grid.scales.clone()
-        grid.fit(w)
-        assert torch.equal(grid.scales, scales)
+    for spec in ("int4/block32:absmax:bf16", "int4:unsigned/block32:minmax:bf16", "nvfp4", "nf4/channel:absmax:fp16",
+                 "int3/block24:absmax:e8m0+outliers0.02"):  # fmt: skip
+        layout = prepare_layout(w, spec)
+        x = layout.without_outliers(as_2d(w))
+        scales = layout.choose_scales(x)
+        reference = quantize(w, spec)
+        assert np.array_equal(scales.scale_codes.numpy().reshape(-1), reference.scale_codes), spec
+        assert torch.equal(layout.assemble(layout.encode(x, scales), scales).dequantize(), reference.dequantize())
 
 
 def test_bad_inputs() -> None:

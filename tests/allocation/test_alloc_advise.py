@@ -10,7 +10,6 @@ from wquant.allocation import (
     FisherConfig,
     Plan,
     allocate,
-    apply_plan,
     bits_at_distortion,
     check_prediction,
     distortion_at_bits,
@@ -20,7 +19,7 @@ from wquant.allocation import (
     uniform_plan,
 )
 from wquant.errors import BudgetError, SpecError
-from wquant.models import model_bits
+from wquant.models import model_bits, quantize_
 
 FORMATS = ("int{b}/block32:absmax:bf16",)
 BITS = (2, 3, 4, 5, 6, 8)
@@ -44,7 +43,8 @@ def test_plan_lands_on_the_budget_and_the_applied_model_agrees(tiny_llama, table
         for c in row.candidates:
             if row.cost(c, "mean") < t.predicted_kl:
                 assert c.bits - t.bits > slack
-    apply_plan(tiny_llama, plan)
+    quantize_(tiny_llama, plan.quantize_config())
+    plan.check_applied(tiny_llama)
     measured = model_bits(tiny_llama)
     assert measured.bits == plan.total_bits and measured.bits_per_param <= budget
 

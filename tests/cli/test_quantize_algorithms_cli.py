@@ -51,7 +51,7 @@ def test_gptq_through_the_cli_quantizes_every_linear_layer_at_the_format_bits(tm
     assert result.exit_code == 0, result.output
     model = load_quantized(tmp_path / "q")
     layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
-    assert layers and all(m.stored.quantized.spec.to_string() == SPEC for m in layers)
+    assert layers and all(m.qweight.quantized.spec.to_string() == SPEC for m in layers)
     rows = [t for t in model_bits(model).tensors if t.quantized]
     assert all(t.bits == t.numel * 4 + (t.numel // 32) * 16 for t in rows)  # codes + one bf16 scale per 32
     # GPTQ really ran: its codes differ from round-to-nearest of the same weights
@@ -62,7 +62,7 @@ def test_gptq_through_the_cli_quantizes_every_linear_layer_at_the_format_bits(tm
     base = dict(LlamaForCausalLM.from_pretrained(tmp_path / "lm").named_modules())
     named = dict(model.named_modules())
     differs = [
-        not torch.equal(named[n].stored.quantized.codes, quantize(base[n].weight.detach(), SPEC).codes)
+        not torch.equal(named[n].qweight.quantized.codes, quantize(base[n].weight.detach(), SPEC).codes)
         for n, m in named.items() if isinstance(m, QuantizedLinear) and n != "lm_head"
     ]  # fmt: skip
     assert any(differs)
@@ -72,3 +72,31 @@ def test_gptq_without_calibration_text_is_refused(tmp_path):
     make_lm(tmp_path / "lm")
     result = runner.invoke(app, ["quantize", str(tmp_path / "lm"), "--algorithm", "gptq", "--out", str(tmp_path / "q")])
     assert result.exit_code == 2 and "needs --calib" in result.output
+
+
+def test_every_algorithm_honours_override_exclude_and_target_through_the_cli(tmp_path):
+    """The bug this guards: the calibrated path ignored --override and --target (`-o '*.0.*=none'` still came out
+    int4; `--target embedding` still ran GPTQ on every Linear)."""
+    make_lm(tmp_path / "lm")
+    (tmp_path / "calib.txt").write_text(TEXT)
+    formats = {"gptq": SPEC, "rtn-search": SPEC, "nupes": SPEC, "hqq": "int4:unsigned/block32:minmax:bf16"}
+    for algorithm, spec in formats.items():
+        out = tmp_path / f"q-{algorithm}"
+        args = ["quantize", str(tmp_path / "lm"), "-f", spec, "--algorithm", algorithm, "--calib",
+                str(tmp_path / "calib.txt"), "--nsamples", "4", "--seqlen", "32", "-o", "*.q_proj=none",
+                "-o", "*.down_proj=" + spec.replace("int4", "int8"), "-x", "lm_head", "--out", str(out)]  # fmt: skip
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (algorithm, result.output)
+        model = load_quantized(out)
+        kinds = {n: type(m).__name__ for n, m in model.named_modules() if n.endswith(("proj", "lm_head"))}
+        assert kinds["model.layers.0.self_attn.q_proj"] == "Linear" and kinds["lm_head"] == "Linear", algorithm
+        down = model.get_submodule("model.layers.0.mlp.down_proj").qweight.spec
+        assert f":{8}/" in down.to_string() or down.to_string().startswith("int8"), (algorithm, down)
+        assert isinstance(model.get_submodule("model.embed_tokens"), torch.nn.Embedding)
+    embeddings_only = tmp_path / "q-emb"
+    args = ["quantize", str(tmp_path / "lm"), "-f", SPEC, "--algorithm", "gptq", "--calib", str(tmp_path / "calib.txt"),
+            "--nsamples", "4", "--seqlen", "32", "--target", "embedding", "--out", str(embeddings_only)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    model = load_quantized(embeddings_only)
+    assert not any(isinstance(m, QuantizedLinear) for m in model.modules())

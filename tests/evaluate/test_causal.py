@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from wquant.data import token_windows
 from wquant.errors import ParameterError
 from wquant.evaluate import char_tokenizer, compare_causal, kl_terms, perplexity
-from wquant.models import QuantizeConfig, model_bits, quantize_model
+from wquant.models import QuantizeConfig, model_bits, quantize_
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 6
 
@@ -73,7 +73,8 @@ def test_compare_causal_self_is_zero_and_quantized_is_worse(lm) -> None:
     same = compare_causal(model, copy.deepcopy(model), tokenizer, TEXT, window=40, top_k=4)
     assert same.kl == 0 and same.top_k_kl == 0 and same.top1_agreement == 1
     assert same.reference.perplexity == same.quantized.perplexity
-    quantized = quantize_model(copy.deepcopy(model), QuantizeConfig("int2/block16:absmax:bf16"))
+    quantized = copy.deepcopy(model)
+    quantize_(quantized, QuantizeConfig("int2/block16:absmax:bf16"))
     result = compare_causal(model, quantized, tokenizer, TEXT, window=40, top_k=4)
     assert result.kl > 1e-3 and 0 < result.top_k_kl <= result.kl
     assert result.bits_per_param == model_bits(quantized).bits_per_param < 32

@@ -10,7 +10,7 @@ import torch
 
 from wquant.data import read_paragraphs
 from wquant.evaluate import char_tokenizer, compare_encoders, embed_texts, embedding_fidelity, nearest_neighbours
-from wquant.models import QuantizeConfig, load_pretrained, model_bits, quantize_model
+from wquant.models import QuantizeConfig, load_pretrained, model_bits, quantize_
 
 SENTENCES = [f"sentence number {i} about {w}" for i, w in enumerate(["cats", "dogs", "ships", "tea", "rain"] * 4)]
 WIKITEXT = Path("/work/shared/data/wikitext-2-raw-test.txt")
@@ -27,7 +27,8 @@ def test_identical_models_agree_and_quantized_ones_drift(bert) -> None:
     tokenizer = char_tokenizer("".join(SENTENCES))
     same = compare_encoders(bert, copy.deepcopy(bert), tokenizer, iter(SENTENCES), batch_size=7)
     assert same.texts == 20 and same.mean_cosine == pytest.approx(1, abs=1e-6) and same.neighbour_agreement == 1
-    quantized = quantize_model(copy.deepcopy(bert), QuantizeConfig("int2/block16:absmax:bf16"))
+    quantized = copy.deepcopy(bert)
+    quantize_(quantized, QuantizeConfig("int2/block16:absmax:bf16"))
     drift = compare_encoders(bert, quantized, tokenizer, SENTENCES, batch_size=7)
     assert drift.min_cosine <= drift.mean_cosine < 0.9999
     assert drift.bits_per_param == model_bits(quantized).bits_per_param and drift.reference_bits_per_param == 32
@@ -44,7 +45,8 @@ def test_minilm_rtn_int4_g64_matches_the_independent_observation() -> None:
     reference = embed_texts(loaded.model, loaded.tokenizer, texts, max_length=256)
     results = {}
     for spec in ("int4:unsigned/block64:minmax:bf16", "int8:unsigned/block64:minmax:bf16"):
-        quantized = quantize_model(copy.deepcopy(loaded.model), QuantizeConfig(spec, targets=("linear",)))
+        quantized = copy.deepcopy(loaded.model)
+        quantize_(quantized, QuantizeConfig(spec, targets=("linear",)))
         embeddings = embed_texts(quantized, loaded.tokenizer, texts, max_length=256)
         bits = model_bits(quantized).bits_per_param
         results[spec] = embedding_fidelity(reference, embeddings, bits_per_param=bits, reference_bits_per_param=32.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wquant.models import QuantizeConfig, model_bits, quantize_model
+from wquant.models import QuantizeConfig, model_bits, quantize_
 
 
 class Tiny(nn.Module):
@@ -24,10 +24,11 @@ def test_bits_match_hand_count_with_mixed_formats() -> None:
     model = Tiny()
     config = QuantizeConfig(
         "int4:unsigned/block64:minmax:bf16",
+        targets=("linear", "embedding"),
         exclude=("extra",),
         overrides=(("proj", "int8/channel:absmax:fp32"),),
     )
-    quantize_model(model, config)
+    quantize_(model, config)
     # emb/head (50×24), one ragged block of 24 per row → 50 groups, each a bf16 scale + bf16 zero.
     tied = 50 * 24 * 4 + 50 * (16 + 16)
     proj = 24 * 24 * 8 + 24 * 32  # int8 codes + one fp32 scale per output channel

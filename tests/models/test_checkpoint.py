@@ -12,18 +12,20 @@ from torch import nn
 import wquant
 from wquant.errors import CorruptDataError, ParameterError
 from wquant.models import (
+    FORMAT_VERSION,
     MANIFEST_FILE,
     TENSORS_FILE,
     QuantizeConfig,
     load_quantized,
     model_bits,
-    quantize_model,
+    quantize_,
     read_manifest,
     save_quantized,
 )
 
 MIXED = QuantizeConfig(
     "int4:unsigned/block64:minmax:bf16",
+    targets=("linear", "embedding"),
     overrides=(("*.query", "nf4"), ("*word_embeddings", "int8/channel:absmax:fp16"), ("*.key", "mxfp4")),
 )
 
@@ -35,7 +37,7 @@ def _ids(vocab: int) -> torch.Tensor:
 @pytest.mark.parametrize("which", ["bert", "llama", "gpt2"])
 def test_round_trip_is_bit_identical(which, request, tmp_path) -> None:
     model = request.getfixturevalue(which)
-    quantize_model(model, MIXED)
+    quantize_(model, MIXED)
     ids = _ids(model.config.vocab_size)
     with torch.inference_mode():
         before = model(input_ids=ids)[0]
@@ -50,10 +52,10 @@ def test_round_trip_is_bit_identical(which, request, tmp_path) -> None:
 
 
 def test_tie_survives_reload(llama, tmp_path) -> None:
-    quantize_model(llama, QuantizeConfig(targets=("linear",)))
+    quantize_(llama, QuantizeConfig(targets=("linear", "embedding")))
     save_quantized(llama, tmp_path)
     loaded = load_quantized(tmp_path)
-    assert loaded.lm_head.stored is loaded.model.embed_tokens.stored
+    assert loaded.lm_head.qweight is loaded.model.embed_tokens.qweight
 
 
 def test_unquantized_ties_and_dtypes_survive(tmp_path) -> None:
@@ -70,29 +72,33 @@ def test_unquantized_ties_and_dtypes_survive(tmp_path) -> None:
 
 
 def test_manifest_records_formats_versions_and_hashes(bert, tmp_path) -> None:
-    quantize_model(bert, MIXED)
+    quantize_(bert, MIXED)
     save_quantized(bert, tmp_path)
     body = read_manifest(tmp_path)
-    assert body["format_version"] == 1 and body["wquant_version"] == wquant.__version__
-    entry = body["quantized"]["encoder.layer.0.attention.self.query.weight"]
+    assert body["format_version"] == FORMAT_VERSION == 2 and body["wquant_version"] == wquant.__version__
+    entry = body["packed"]["encoder.layer.0.attention.self.query.qweight"]
     assert (
         entry["spec"] == "nf4/block64:absmax:fp32"
         and entry["shape"] == [32, 32]
         and entry["dtype"] == "float32"
+        and entry["name"] == "encoder.layer.0.attention.self.query.weight"
     )
+    assert body["modules"]["encoder.layer.0.attention.self.query"]["layout"] == "linear"
     assert body["base_config"]["model_type"] == "bert"
     from safetensors.torch import load_file
 
     stored = load_file(str(tmp_path / TENSORS_FILE))
-    packed = stored["encoder.layer.0.attention.self.query.weight"]
-    assert packed.dtype == torch.uint8 and packed.numel() == -(-entry["bits"] // 8)
+    codes = stored["encoder.layer.0.attention.self.query.qweight.codes"]
+    assert codes.dtype == torch.uint8 and codes.numel() == 32 * 32 // 2  # 4-bit codes: half a byte each
+    packed = sum(t.numel() for n, t in stored.items() if n.startswith("encoder.layer.0.attention.self.query.qweight"))
+    assert abs(packed - entry["bits"] / 8) <= 8
     for name, tensor in stored.items():  # independent hash of the raw bytes
         raw = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
         assert body["tensors"][name]["sha256"] == hashlib.sha256(raw).hexdigest()
 
 
 def _saved(bert, tmp_path):
-    quantize_model(bert, MIXED)
+    quantize_(bert, MIXED)
     save_quantized(bert, tmp_path)
     return tmp_path
 
@@ -129,15 +135,16 @@ def test_edited_manifest_is_refused(bert, tmp_path) -> None:
         load_quantized(folder)
 
 
-def test_other_format_version_is_refused(bert, tmp_path) -> None:
+@pytest.mark.parametrize("version, message", [(3, "format version 3"), (1, "Re-create it from the base model")])
+def test_other_format_version_is_refused(bert, tmp_path, version: int, message: str) -> None:
     folder = _saved(bert, tmp_path)
     manifest = folder / MANIFEST_FILE
     data = json.loads(manifest.read_text())
-    data["body"]["format_version"] = 2
+    data["body"]["format_version"] = version
     canonical = json.dumps(data["body"], sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
     data["sha256"] = hashlib.sha256(canonical).hexdigest()
     manifest.write_text(json.dumps(data))
-    with pytest.raises(CorruptDataError, match="format version 2"):
+    with pytest.raises(CorruptDataError, match=message):
         load_quantized(folder)
 
 
@@ -150,10 +157,16 @@ def test_not_a_checkpoint_and_remote_code_are_refused(bert, tmp_path) -> None:
         load_quantized(tmp_path)
 
 
-def test_save_overwrites_atomically_and_leaves_no_temp_files(bert, tmp_path) -> None:
+def test_save_refuses_a_non_empty_folder_and_force_replaces_it_whole(bert, tmp_path) -> None:
     _saved(bert, tmp_path)
-    save_quantized(bert, tmp_path)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ParameterError, match="--force"):
+        save_quantized(bert, tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    (tmp_path / "stale.txt").write_text("from an earlier run")
+    save_quantized(bert, tmp_path, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([MANIFEST_FILE, TENSORS_FILE])
+    assert not [p for p in tmp_path.parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
     load_quantized(tmp_path)
 
 
@@ -166,7 +179,8 @@ def test_round_trip_with_tensors_computed_at_init(tmp_path) -> None:
         vocab_size=96, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
         intermediate_size=64, max_position_embeddings=64, rope_scaling={"rope_type": "dynamic", "factor": 2.0},
     )  # fmt: skip
-    model = quantize_model(LlamaForCausalLM(config).eval(), QuantizeConfig())
+    model = LlamaForCausalLM(config).eval()
+    quantize_(model, QuantizeConfig())
     ids = torch.randint(0, 96, (1, 100), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         before = model(input_ids=ids).logits
@@ -178,7 +192,7 @@ def test_round_trip_with_tensors_computed_at_init(tmp_path) -> None:
 def test_cpu_build_fallback_gives_the_same_model(bert, tmp_path, monkeypatch) -> None:
     import wquant.models.checkpoint as checkpoint
 
-    quantize_model(bert, MIXED)
+    quantize_(bert, MIXED)
     save_quantized(bert, tmp_path)
     calls = []
     monkeypatch.setattr(checkpoint, "_has_stray_meta_tensors", lambda net: not calls.append(net))

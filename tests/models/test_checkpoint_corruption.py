@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from wquant.errors import CorruptDataError
-from wquant.models import MANIFEST_FILE, TENSORS_FILE, QuantizeConfig, load_quantized, quantize_model, save_quantized
+from wquant.models import MANIFEST_FILE, TENSORS_FILE, QuantizeConfig, load_quantized, quantize_, save_quantized
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def saved(tmp_path_factory):
 
     net = BertModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                intermediate_size=64, max_position_embeddings=32))  # fmt: skip
-    quantize_model(
+    quantize_(
         net, QuantizeConfig("int4/block32:absmax:bf16", overrides=(("*.value", "uniform0.3/tensor:rms+coded"),))
     )
     folder = tmp_path_factory.mktemp("ckpt")

@@ -51,10 +51,13 @@ def test_quantize_then_eval(lm_dir, text_file, tmp_path) -> None:
                                  "--override", "lm_head=int8/channel:absmax:bf16", "--out", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     body = read_manifest(out)
-    assert body["quantized"]["lm_head.weight"]["spec"] == "int8/channel:absmax:bf16"
-    assert body["quantized"]["model.layers.0.mlp.up_proj.weight"]["spec"] == "int4:unsigned/block16:minmax:bf16"
+    assert body["packed"]["lm_head.qweight"]["spec"] == "int8/channel:absmax:bf16"
+    assert body["packed"]["model.layers.0.mlp.up_proj.qweight"]["spec"] == "int4:unsigned/block16:minmax:bf16"
+    assert not any("embed" in key for key in body["packed"])  # embeddings are not a default target
     assert (out / "tokenizer.json").is_file()
     load_quantized(out)
+    again = runner.invoke(app, ["quantize", str(lm_dir), "--out", str(out)])  # refused before loading anything
+    assert again.exit_code == 2 and "--force" in again.stderr
     result = runner.invoke(app, ["eval", str(lm_dir), "--quantized", str(out), "--text", str(text_file),
                                  "--window", "32", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -15,6 +15,7 @@ The paper's own optimisation details are not public (formats.md B2); these are o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -27,6 +28,7 @@ from wquant.algorithms.registry import Quantized, register
 from wquant.algorithms.statistics import relative_error
 from wquant.errors import ParameterError, SpecError
 from wquant.formats import (
+    Codebook,
     FormatSpec,
     IntGrid,
     PowerGrid,
@@ -225,10 +227,26 @@ def learn_codes(
     best_codes, values = hard(latent)
     best = float(loss_of(to_weight(values)))
     opt = torch.optim.Adam([latent], lr=lr)
+    with torch.enable_grad():  # callers may run under no_grad (the calibration walk does)
+        best, best_codes = _train(latent, opt, steps, hard, lambda v: loss_of(to_weight(v)), book, best, best_codes)
+    codes, values = hard(latent)
+    if float(loss_of(to_weight(values))) < best:
+        best_codes = codes
+    return layout.assemble(best_codes, scales)
+
+
+Hard = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _train(
+    latent: torch.Tensor, opt: torch.optim.Optimizer, steps: int, hard: Hard,
+    loss_of: Callable[[torch.Tensor], torch.Tensor], book: Codebook, best: float, best_codes: torch.Tensor,
+) -> tuple[float, torch.Tensor]:  # fmt: skip
+    """Adam on the latent with a straight-through estimator; the best hard codes seen are kept."""
     for _ in range(steps):
         codes, values = hard(latent)
         ste = latent + (values - latent).detach()  # forward: the grid level; backward: identity
-        loss = loss_of(to_weight(ste))
+        loss = loss_of(ste)
         if float(loss.detach()) < best:
             best, best_codes = float(loss.detach()), codes
         opt.zero_grad(set_to_none=True)
@@ -236,10 +254,7 @@ def learn_codes(
         opt.step()
         with torch.no_grad():
             latent.clamp_(book.lo, book.hi)
-    codes, values = hard(latent)
-    if float(loss_of(to_weight(values))) < best:
-        best_codes = codes
-    return layout.assemble(best_codes, scales)
+    return best, best_codes
 
 
 def _nupes_handler(weight: torch.Tensor, config: NUPESConfig, hessian: torch.Tensor | None, name: str) -> Quantized:

@@ -87,13 +87,12 @@ def _run(
         FisherConfig,
         FisherEstimate,
         allocate,
-        apply_plan,
         estimate_fisher,
         measure_candidates,
     )
     from wquant.allocation.fisher import FISHER_JSON
     from wquant.data import read_text
-    from wquant.models import load_pretrained, model_bits, save_quantized
+    from wquant.models import load_pretrained, model_bits, quantize_, save_quantized
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()
@@ -118,7 +117,8 @@ def _run(
         plan_json.write_text(plan.to_json(), encoding="utf-8")
     if apply:
         assert out is not None
-        apply_plan(loaded.model, plan)
+        quantize_(loaded.model, plan.quantize_config())
+        plan.check_applied(loaded.model)
         save_quantized(loaded.model, out, tokenizer=loaded.tokenizer)
         console.print(f"saved to {escape(str(out))}: {model_bits(loaded.model).bits_per_param:.4f} bits/param all-in")
 

@@ -17,8 +17,8 @@ from rich.table import Table
 
 from wquant.algorithms.registry import algorithm_names
 from wquant.cli.app import WquantApp, stdout_console
-from wquant.formats.spec import DEFAULT_FORMAT
 from wquant.errors import ParameterError
+from wquant.formats.spec import DEFAULT_FORMAT
 
 app = WquantApp(help="Quantize whole models, evaluate them, train a small causal-LM testbed.")
 console = stdout_console()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import glob
 import hashlib
 import json
 import math
@@ -97,20 +98,10 @@ def fingerprint(*parts: Any) -> str:
 
 
 def weight_tensors(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """Every Linear and Embedding weight the study quantizes (the Parameters themselves), by module name."""
-    from wquant.models import module_kind
+    """Every Linear and Embedding weight the study quantizes (the Parameters themselves), by module path."""
+    from wquant.models import weight_sites
 
-    out = []
-    seen: set[int] = set()
-    for name, module in model.named_modules():
-        kind = module_kind(module)
-        if (
-            kind in ("linear", "embedding")
-            and id(module.weight) not in seen
-            and module.weight.numel() >= MIN_STUDIED_NUMEL
-        ):
-            seen.add(id(module.weight))
-            out.append((name, module.weight))
+    out = [(s.path, s.module.weight) for s in weight_sites(model) if s.module.weight.numel() >= MIN_STUDIED_NUMEL]
     if not out:
         raise ParameterError("the model has no Linear or Embedding weights to study")
     return out
@@ -283,22 +274,34 @@ def _texts(config: StudyConfig) -> list[str]:
 
 def stage_evaluate(loaded: Any, plan: dict[str, Any], config: StudyConfig) -> list[dict[str, Any]]:
     """Quantize copies of the model with the plan and with a conventional baseline; measure both."""
-    from wquant.allocation import Plan, apply_plan
+    from wquant.allocation import Plan
     from wquant.evaluate import compare_causal, compare_encoders
-    from wquant.models import QuantizeConfig, model_bits, quantize_model
+    from wquant.models import QuantizeConfig, model_bits, quantize_
 
     base = loaded.model
     b = config.element_bits
     uniform = plan["uniform"]
-    names = tuple(t["tensor"] for t in uniform["tensors"])
+    fisher = Plan.from_json(json.dumps(plan["fisher"]))
+
+    def per_module(specs: dict[str, str]) -> Callable[[nn.Module], nn.Module]:
+        def apply(model: nn.Module) -> nn.Module:
+            quantize_(model, QuantizeConfig.per_module({glob.escape(n): s for n, s in specs.items()}))
+            return model
+
+        return apply
+
+    def fisher_plan(model: nn.Module) -> nn.Module:
+        quantize_(model, fisher.quantize_config())
+        fisher.check_applied(model)
+        return model
+
     variants: dict[str, Callable[[nn.Module], nn.Module]] = {
-        "Fisher allocation (int g64, 2-8 bits)": lambda m: apply_plan(m, Plan.from_json(json.dumps(plan["fisher"]))),
-        "uniform allocation, coded uniform grid": lambda m: quantize_model(m, QuantizeConfig(
-            uniform["tensors"][0]["spec"], targets=("linear", "embedding"), include=names,
-            overrides=tuple((t["tensor"], t["spec"]) for t in uniform["tensors"]))),
-        f"baseline int{b} g64 (scale+zero)": lambda m: quantize_model(m, QuantizeConfig(
-            f"int{b}:unsigned/block64:minmax:bf16", targets=("linear", "embedding"), include=names)),
-    }  # fmt: skip
+        "Fisher allocation (int g64, 2-8 bits)": fisher_plan,
+        "uniform allocation, coded uniform grid": per_module({t["tensor"]: t["spec"] for t in uniform["tensors"]}),
+        f"baseline int{b} g64 (scale+zero)": per_module(
+            {t["tensor"]: f"int{b}:unsigned/block64:minmax:bf16" for t in uniform["tensors"]}
+        ),
+    }
     texts = _texts(config)
     rows = []
     for label, apply in variants.items():

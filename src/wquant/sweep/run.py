@@ -53,11 +53,12 @@ def run_point(point: dict[str, Any]) -> dict[str, Any]:
         import copy
 
         from wquant.evaluate import compare_encoders
-        from wquant.models import QuantizeConfig, load_pretrained, model_bits, quantize_model
+        from wquant.models import load_pretrained, model_bits, quantize_
         from wquant.study.sentences import SENTENCES
 
         loaded = load_pretrained(point["model"])
-        quantized = quantize_model(copy.deepcopy(loaded.model), QuantizeConfig(point["spec"], targets=("linear",)))
+        quantized = copy.deepcopy(loaded.model)
+        quantize_(quantized, point["spec"])
         texts = list(SENTENCES)[: point["texts"]]
         result = compare_encoders(loaded.model, quantized, loaded.tokenizer, texts, max_length=loaded.max_length)
         return {"bits_per_param": model_bits(quantized).bits_per_param, "mean_cosine": result.mean_cosine,

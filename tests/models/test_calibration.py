@@ -1,4 +1,4 @@
-"""The layer-by-layer model walk: tiny in-memory BERT (no files), bad inputs, and MiniLM end to end."""
+"""The calibration walk through quantize_: tiny in-memory models (no files), bad inputs, MiniLM end to end."""
 
 from __future__ import annotations
 
@@ -9,17 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from wquant.algorithms import (
-    GPTQConfig,
-    NUPESConfig,
-    RTNConfig,
-    algorithm_config,
-    calibration_windows,
-    quantize_model_with,
-    sentence_batches,
-)
+from wquant.algorithms import GPTQConfig, NUPESConfig, RTNConfig, config_for
+from wquant.data import calibration_windows, sentence_batches
 from wquant.errors import ParameterError, TensorError
-from wquant.models import QuantizedLinear, model_bits
+from wquant.formats import parse_spec
+from wquant.models import QuantizeConfig, QuantizedLinear, model_bits, quantize_
+from wquant.models.calibration import calibrate
 
 DATA = Path("/work/shared/data")
 CALIB, EVAL = DATA / "wikitext-2-tokens-valid.txt", DATA / "wikitext-2-raw-test.txt"
@@ -52,7 +47,7 @@ def _hidden(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> torch.T
 
 def test_walk_visits_every_linear_in_order_and_shares_qkv_hessians() -> None:
     model = _tiny_bert()
-    reports = quantize_model_with(model, GPTQConfig("int4/block16:absmax:bf16"), _batches())
+    reports = quantize_(model, GPTQConfig("int4/block16:absmax:bf16"), calibration=_batches())
     names = [r.name for r in reports]
     linears = [n for n, m in _tiny_bert().named_modules() if isinstance(m, nn.Linear)]
     assert sorted(names) == sorted(linears)
@@ -77,8 +72,8 @@ def test_data_driven_walks_beat_rtn_on_the_tiny_model(config: object) -> None:
     batches, held_out = _batches(6, seed=1), _batches(3, seed=2)
     target = _hidden(ref, held_out)
     rtn_model, ours = copy.deepcopy(ref), copy.deepcopy(ref)
-    quantize_model_with(rtn_model, RTNConfig("int4/block16", search=False), None)
-    quantize_model_with(ours, config, batches)  # type: ignore[arg-type]
+    quantize_(rtn_model, "int4/block16")
+    quantize_(ours, config, calibration=batches)
     e_rtn = float((_hidden(rtn_model, held_out) - target).square().mean())
     e_ours = float((_hidden(ours, held_out) - target).square().mean())
     assert e_ours < e_rtn
@@ -87,19 +82,20 @@ def test_data_driven_walks_beat_rtn_on_the_tiny_model(config: object) -> None:
 def test_bad_inputs_fail_clearly() -> None:
     model = _tiny_bert()
     with pytest.raises(ParameterError, match="needs calibration"):
-        quantize_model_with(model, GPTQConfig(), None)
+        quantize_(model, GPTQConfig())
     with pytest.raises(ParameterError, match="empty"):
-        quantize_model_with(model, GPTQConfig(), [])
-    with pytest.raises(ParameterError, match="no Linear"):
-        quantize_model_with(model, GPTQConfig(), _batches(), include=("nothing*",))
+        quantize_(model, GPTQConfig(), calibration=[])
+    with pytest.raises(ParameterError, match="nothing to quantize"):
+        quantize_(model, QuantizeConfig(GPTQConfig(), include=("nothing*",)), calibration=_batches())
     model.embeddings.word_embeddings.weight.data[5] = float("nan")
     bad = [{"input_ids": torch.full((2, 8), 5), "attention_mask": torch.ones(2, 8, dtype=torch.long)}]
     with pytest.raises(TensorError, match="NaN"):
-        quantize_model_with(model, GPTQConfig(), bad)
+        quantize_(model, GPTQConfig(), calibration=bad)
     with pytest.raises(ParameterError, match="unknown"):
-        algorithm_config("awq")
-    assert isinstance(algorithm_config("rtn-search", "nf4"), RTNConfig)
-    assert isinstance(algorithm_config("nupes", bits=3), NUPESConfig)
+        config_for("awq", parse_spec("nf4"))
+    assert isinstance(config_for("rtn-search", parse_spec("nf4")), RTNConfig)
+    nupes = config_for("nupes", parse_spec("int3/block128:absmax:fp16"))
+    assert nupes == NUPESConfig(bits=3, scaling="block128:absmax:fp16")
 
 
 def test_calibration_windows_refuse_short_text_and_bad_counts() -> None:
@@ -133,7 +129,7 @@ def _minilm_case(ncal: int, neval: int, include: tuple[str, ...], configs: dict[
     out = {}
     for name, config in configs.items():
         model = copy.deepcopy(loaded.model)
-        quantize_model_with(model, config, batches, include=include)  # type: ignore[arg-type]
+        quantize_(model, QuantizeConfig(config, include=include), calibration=batches)
         out[name] = compare_encoders(loaded.model, model, loaded.tokenizer, texts, max_length=128).mean_cosine
     return out
 
@@ -188,10 +184,10 @@ def test_layers_at_one_address_with_different_inputs_keep_their_own_hessians(in_
     batches = [torch.randn(64, 24, generator=gen) for _ in range(3)]
     config = GPTQConfig("int3/block8:absmax:bf16")
     shared = _SameMemoryTwice(in_place)
-    reports = quantize_model_with(shared, config, batches)
+    reports = quantize_(shared, config, calibration=batches)
     alone = _SameMemoryTwice(in_place)  # oracle: each layer in a call of its own, so no grouping can happen
     for name in ("first", "second"):
-        quantize_model_with(alone, config, batches, include=(name,))
+        quantize_(alone, QuantizeConfig(config, include=(name,)), calibration=batches)
     assert [r.name for r in reports] == ["first", "second"]
     for name in ("first", "second"):
         got = shared.get_submodule(name).weight
@@ -199,16 +195,63 @@ def test_layers_at_one_address_with_different_inputs_keep_their_own_hessians(in_
         assert torch.equal(got, want), name
 
 
-def test_per_layer_configs_give_each_layer_its_own_format_and_are_checked() -> None:
+def test_per_module_configs_give_each_layer_its_own_format() -> None:
     batches = [torch.randn(64, 24, generator=torch.Generator().manual_seed(s)) for s in range(2)]
     model = _SameMemoryTwice(in_place=False)
     configs = {"first": GPTQConfig("int3/block8:absmax:bf16"), "second": GPTQConfig("int5/block8:absmax:bf16")}
-    reports = quantize_model_with(model, configs, batches)
+    reports = quantize_(model, configs, calibration=batches)
     assert {r.name: r.format for r in reports} == {n: c.spec.to_string() for n, c in configs.items()}
     assert {r.name: r.bits_per_param for r in reports} == {"first": 3 + 16 / 8, "second": 5 + 16 / 8}
-    with pytest.raises(ParameterError, match="no config for 1 selected layer"):
-        quantize_model_with(_SameMemoryTwice(False), {"first": configs["first"]}, batches)
-    with pytest.raises(ParameterError, match="name no Linear layer"):
-        quantize_model_with(_SameMemoryTwice(False), {**configs, "thrid": configs["first"]}, batches)
-    with pytest.raises(ParameterError, match="expected RTNConfig"):
-        quantize_model_with(_SameMemoryTwice(False), {**configs, "second": "int4"}, batches)  # type: ignore[dict-item]
+    partial = _SameMemoryTwice(False)
+    quantize_(partial, {"first": configs["first"]}, calibration=batches)  # modules no glob names stay as they are
+    assert isinstance(partial.second, nn.Linear) and isinstance(partial.first, QuantizedLinear)
+    with pytest.raises(ParameterError, match="not a format spec or an algorithm config"):
+        quantize_(_SameMemoryTwice(False), {"first": object()}, calibration=batches)
+
+
+def _recorded_hessians(model: nn.Module, batches: list, block_cache: bool) -> dict[str, torch.Tensor]:
+    """Run the walk with GPTQ as each layer's quantizer, recording the Hessian every layer was given."""
+    from wquant.algorithms import gptq
+    from wquant.models.layers import PackedWeight
+    from wquant.models.sites import set_submodule
+
+    seen: dict[str, torch.Tensor] = {}
+    paths = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+    def on_layer(path: str, hessian: torch.Tensor | None, tokens: int) -> None:
+        assert hessian is not None
+        seen[path] = hessian.clone()
+        layer = model.get_submodule(path)
+        q = gptq(layer.weight.detach(), hessian, GPTQConfig("int3/block16:absmax:bf16")).quantized
+        set_submodule(model, path, QuantizedLinear(PackedWeight(q), layer.bias))
+
+    calibrate(model, paths, batches, on_layer, block_cache=block_cache)
+    return seen
+
+
+@pytest.mark.parametrize("make", ["llama", "bert"])
+def test_block_wise_walk_gives_the_hessians_of_the_whole_model_walk(make: str) -> None:
+    """Oracle: the reference walk runs the whole (partly quantized) model up to each layer group; caching block
+    inputs must give every layer the same Hessian (to 1e-6 relative), quantizing in between included."""
+    from tests.conftest import tiny_bert, tiny_llama
+
+    build = (lambda: tiny_llama(tie=False)) if make == "llama" else tiny_bert
+    vocab = build().config.vocab_size
+    batches = [b if make == "bert" else b["input_ids"] for b in _batches_for(vocab)]
+    cached = _recorded_hessians(build(), batches, block_cache=True)
+    reference = _recorded_hessians(build(), batches, block_cache=False)
+    assert list(cached) == list(reference) and len(cached) >= 8
+    for path in reference:
+        scale = float(reference[path].abs().max())
+        assert float((cached[path] - reference[path]).abs().max()) <= 1e-6 * scale, path
+
+
+def _batches_for(vocab: int) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(5)
+    out = []
+    for _ in range(3):
+        ids = torch.randint(0, vocab, (3, 20), generator=gen)
+        mask = torch.ones_like(ids)
+        mask[1, 15:] = 0
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
