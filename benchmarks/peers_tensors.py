@@ -38,7 +38,7 @@ from wquant.errors import WquantError  # noqa: E402
 from wquant.formats import QuantizedTensor, quantize  # noqa: E402
 from wquant.formats.budget import quantize_to_budget  # noqa: E402
 from wquant.formats.compare import sample_source, standard_formats  # noqa: E402
-from wquant.limits import gaussian_distortion_rate  # noqa: E402
+from wquant.formats.rd_bounds import gaussian_distortion_rate  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FIGURE = HERE / "figures" / "distortion_vs_bits_tensors.png"

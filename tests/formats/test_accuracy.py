@@ -114,7 +114,7 @@ def test_lloyd_max_8_bits_on_laplace_reaches_the_cube_root_optimum():
     """256 levels on wide-tailed data: converges (it used to creep past 20,000 iterations and raise) to the
     closed-form cube-root-density grid's MSE; p^(1/3) of a unit-variance Laplace is a Laplace of scale 3/√2."""
     from wquant.formats.lloyd_max import lloyd_max_levels
-    from wquant.limits import panter_dite_distortion
+    from wquant.formats.rd_bounds import panter_dite_distortion
 
     x = np.random.default_rng(3).laplace(scale=1 / np.sqrt(2), size=2**20)  # unit variance
 

@@ -8,7 +8,7 @@ import torch
 
 from wquant.errors import BudgetError, CorruptDataError, SpecError
 from wquant.formats import QuantizedTensor, quantize
-from wquant.limits import gaussian_ecsq
+from wquant.formats.rd_bounds import gaussian_ecsq
 
 
 @pytest.fixture(scope="module")

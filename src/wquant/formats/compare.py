@@ -12,8 +12,8 @@ import torch
 
 from wquant.errors import BudgetError, CorruptDataError, ParameterError, SpecError, TensorError, WquantError
 from wquant.formats.quantize import quantize
+from wquant.formats.rd_bounds import gap_to_bound_bits
 from wquant.formats.spec import FormatSpec, parse_spec
-from wquant.limits import gap_to_bound_bits
 from wquant.validation import check_int_range, check_tensor
 
 #: Samples handed to Blahut–Arimoto when the bound has no closed form (0.1 s a point; 2^16 points resolve

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from wquant.formats.compare import FormatReport
+from wquant.formats.rd_bounds import empirical_rate_distortion_curve, gaussian_distortion_rate
 from wquant.io import atomic_write
-from wquant.limits import empirical_rate_distortion_curve, gaussian_distortion_rate
 
 ECSQ_GAP = np.pi * np.e / 6  # entropy-coded uniform quantizer: 1.53 dB above D(R) at high rate
 

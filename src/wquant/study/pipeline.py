@@ -28,8 +28,8 @@ from wquant import __version__
 from wquant.errors import ConvergenceError, ParameterError
 from wquant.formats import quantize
 from wquant.formats.compare import bound_samples
+from wquant.formats.rd_bounds import gap_to_bound_bits
 from wquant.io import write_atomic
-from wquant.limits import gap_to_bound_bits
 from wquant.study.profile import profile_tensor
 from wquant.study.sentences import CALIBRATION, EVALUATION
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from wquant import limits
 from wquant.errors import ParameterError, TensorError
+from wquant.formats import rd_bounds
 
 # ------------------------------------------------------------------------------------ Gaussian identities
 
@@ -22,33 +22,33 @@ from wquant.errors import ParameterError, TensorError
 @pytest.mark.parametrize("variance", [1.0, 0.25, 9.0])
 def test_gaussian_rate_and_distortion_are_inverse(variance: float) -> None:
     rates = np.array([0.0, 0.5, 1.0, 3.0, 8.0])
-    distortion = limits.gaussian_distortion_rate(rates, variance)
+    distortion = rd_bounds.gaussian_distortion_rate(rates, variance)
     np.testing.assert_allclose(distortion, variance * 4.0**-rates, rtol=1e-12)
-    np.testing.assert_allclose(limits.gaussian_rate_distortion(distortion, variance), rates, atol=1e-12)
+    np.testing.assert_allclose(rd_bounds.gaussian_rate_distortion(distortion, variance), rates, atol=1e-12)
     # Each extra bit buys exactly 6.02 dB.
     db_per_bit = 10 * math.log10(distortion[2] / distortion[3]) / (rates[3] - rates[2])
     assert db_per_bit == pytest.approx(6.0206, abs=1e-4)
-    assert limits.gaussian_rate_distortion(2 * variance, variance) == 0.0
+    assert rd_bounds.gaussian_rate_distortion(2 * variance, variance) == 0.0
 
 
 def test_gaussian_slb_is_tight() -> None:
     for d in (0.5, 0.01, 1e-4):
-        slb = limits.shannon_lower_bound_rate(limits.normal_entropy_bits(), d)
-        assert slb == pytest.approx(limits.gaussian_rate_distortion(d), abs=1e-12)
+        slb = rd_bounds.shannon_lower_bound_rate(rd_bounds.normal_entropy_bits(), d)
+        assert slb == pytest.approx(rd_bounds.gaussian_rate_distortion(d), abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------------- entropies
 
 
 def test_differential_entropies_match_scipy() -> None:
-    assert limits.normal_entropy_bits(4.0) == pytest.approx(stats.norm(scale=2).entropy() / math.log(2))
+    assert rd_bounds.normal_entropy_bits(4.0) == pytest.approx(stats.norm(scale=2).entropy() / math.log(2))
     b = math.sqrt(0.5)
-    assert limits.laplace_entropy_bits() == pytest.approx(stats.laplace(scale=b).entropy() / math.log(2))
+    assert rd_bounds.laplace_entropy_bits() == pytest.approx(stats.laplace(scale=b).entropy() / math.log(2))
     for nu in (3.0, 5.0, 30.0):
         scale = math.sqrt((nu - 2) / nu)
         expected = stats.t(nu, scale=scale).entropy() / math.log(2)
-        assert limits.student_t_entropy_bits(nu) == pytest.approx(expected, rel=1e-9)
-        assert limits.source_entropy_bits(f"t:{nu:g}") == pytest.approx(expected, rel=1e-9)
+        assert rd_bounds.student_t_entropy_bits(nu) == pytest.approx(expected, rel=1e-9)
+        assert rd_bounds.source_entropy_bits(f"t:{nu:g}") == pytest.approx(expected, rel=1e-9)
 
 
 # ------------------------------------------------------------------------------------ exact Gaussian ECSQ
@@ -59,19 +59,19 @@ ANCHOR_ECSQ = {2: (1.08245, 0.0889412), 3: (0.52243, 0.0222388), 4: (0.25902, 0.
 @pytest.mark.parametrize("rate", sorted(ANCHOR_ECSQ))
 def test_exact_gaussian_ecsq_matches_anchors(rate: int) -> None:
     step, distortion = ANCHOR_ECSQ[rate]
-    point = limits.gaussian_ecsq(rate)
+    point = rd_bounds.gaussian_ecsq(rate)
     assert point.step == pytest.approx(step, abs=1e-5)
     assert abs(10 * math.log10(point.distortion / distortion)) < 0.05
     gap_db = 10 * math.log10(point.distortion / 4.0**-rate)
     assert gap_db == pytest.approx(1.53, abs=0.05)
-    assert limits.gap_to_bound_db(rate, point.distortion, "normal") == pytest.approx(gap_db, abs=1e-9)
+    assert rd_bounds.gap_to_bound_db(rate, point.distortion, "normal") == pytest.approx(gap_db, abs=1e-9)
     # In bits at equal distortion the gap tends to ½·log2(πe/6) = 0.2546.
-    assert limits.gap_to_bound_bits(rate, point.distortion, "normal") == pytest.approx(0.2546, abs=0.01)
+    assert rd_bounds.gap_to_bound_bits(rate, point.distortion, "normal") == pytest.approx(0.2546, abs=0.01)
 
 
 def test_exact_ecsq_entropy_is_the_requested_rate() -> None:
     # Recompute the output entropy of the returned step from scratch (all cells, both signs).
-    point = limits.gaussian_ecsq(3.0, variance=4.0)
+    point = rd_bounds.gaussian_ecsq(3.0, variance=4.0)
     step = point.step / 2.0
     edges = (np.arange(-400, 401) + 0.5) * step
     probs = np.diff(stats.norm.cdf(np.concatenate([[-np.inf], edges, [np.inf]])))
@@ -84,12 +84,12 @@ def test_exact_ecsq_entropy_is_the_requested_rate() -> None:
 
 
 def test_panter_dite_constants() -> None:
-    assert limits.panter_dite_constant("normal") == pytest.approx(2.7207, abs=1e-4)
-    assert limits.panter_dite_constant("laplace") == pytest.approx(4.5, abs=1e-12)
+    assert rd_bounds.panter_dite_constant("normal") == pytest.approx(2.7207, abs=1e-4)
+    assert rd_bounds.panter_dite_constant("laplace") == pytest.approx(4.5, abs=1e-12)
     # formats.md C3: R·2^b = √constant.
-    assert math.sqrt(limits.panter_dite_constant("normal")) == pytest.approx(1.64945, abs=1e-5)
-    assert math.sqrt(limits.panter_dite_constant("laplace")) == pytest.approx(2.12132, abs=1e-5)
-    assert limits.panter_dite_distortion(3, "normal", variance=2.0) == pytest.approx(2 * 2.7207 / 64, rel=1e-4)
+    assert math.sqrt(rd_bounds.panter_dite_constant("normal")) == pytest.approx(1.64945, abs=1e-5)
+    assert math.sqrt(rd_bounds.panter_dite_constant("laplace")) == pytest.approx(2.12132, abs=1e-5)
+    assert rd_bounds.panter_dite_distortion(3, "normal", variance=2.0) == pytest.approx(2 * 2.7207 / 64, rel=1e-4)
 
 
 @pytest.mark.parametrize("nu", [3.0, 5.0, 7.0])
@@ -103,24 +103,24 @@ def test_panter_dite_student_t_matches_cube_root_closure(nu: float) -> None:
     nu_prime = (nu - 2) / 3
     s_prime = s * math.sqrt(nu / nu_prime)
     integral = (norm_const(nu) / s) ** (1 / 3) * s_prime / norm_const(nu_prime)
-    assert limits.panter_dite_constant(f"t:{nu:g}") == pytest.approx(integral**3 / 12, rel=1e-6)
+    assert rd_bounds.panter_dite_constant(f"t:{nu:g}") == pytest.approx(integral**3 / 12, rel=1e-6)
 
 
 def test_panter_dite_heavy_dof_approaches_normal() -> None:
-    assert limits.panter_dite_constant("t:2000") == pytest.approx(2.7207, rel=2e-3)
+    assert rd_bounds.panter_dite_constant("t:2000") == pytest.approx(2.7207, rel=2e-3)
 
 
 @pytest.mark.parametrize(("source", "constant"), [("normal", 1.19302), ("laplace", 1.10973)])
 def test_ecsq_high_rate_constant(source: str, constant: float) -> None:
-    h = limits.source_entropy_bits(source)
+    h = rd_bounds.source_entropy_bits(source)
     for rate in (2.0, 5.0):
-        d = limits.ecsq_high_rate_distortion(rate, h)
+        d = rd_bounds.ecsq_high_rate_distortion(rate, h)
         assert math.sqrt(d) * 2**rate == pytest.approx(constant, abs=1e-5)
 
 
 def test_exact_ecsq_approaches_high_rate_formula() -> None:
-    high = limits.ecsq_high_rate_distortion(8, limits.normal_entropy_bits())
-    assert limits.gaussian_ecsq(8).distortion == pytest.approx(high, rel=2e-3)
+    high = rd_bounds.ecsq_high_rate_distortion(8, rd_bounds.normal_entropy_bits())
+    assert rd_bounds.gaussian_ecsq(8).distortion == pytest.approx(high, rel=2e-3)
 
 
 # ------------------------------------------------------------------------------------------ Blahut–Arimoto
@@ -133,7 +133,7 @@ def gaussian_samples() -> np.ndarray:
 
 @pytest.mark.parametrize("rate", [1, 2, 3, 4])
 def test_blahut_arimoto_recovers_gaussian_distortion_rate(gaussian_samples: np.ndarray, rate: int) -> None:
-    point = limits.empirical_distortion_at_rate(gaussian_samples, rate)
+    point = rd_bounds.empirical_distortion_at_rate(gaussian_samples, rate)
     shannon = gaussian_samples.var() * 4.0**-rate
     assert point.distortion == pytest.approx(shannon, rel=0.01)
     assert point.bound_gap_bits < 2e-3  # BA's own certificate
@@ -142,10 +142,10 @@ def test_blahut_arimoto_recovers_gaussian_distortion_rate(gaussian_samples: np.n
 
 def test_blahut_arimoto_rate_at_distortion_and_curve(gaussian_samples: np.ndarray) -> None:
     variance = gaussian_samples.var()
-    point = limits.empirical_rate_at_distortion(gaussian_samples, 0.01)
+    point = rd_bounds.empirical_rate_at_distortion(gaussian_samples, 0.01)
     assert point.rate_bits == pytest.approx(0.5 * math.log2(variance / 0.01), abs=0.01)
     slopes = np.array([1.0, 10.0, 100.0])  # −dR/dD in bits; for a Gaussian D = 1/(2 ln2 · slope)
-    curve = limits.empirical_rate_distortion_curve(gaussian_samples[:100_000], slopes)
+    curve = rd_bounds.empirical_rate_distortion_curve(gaussian_samples[:100_000], slopes)
     for pt, slope in zip(curve, slopes, strict=True):
         assert pt.distortion == pytest.approx(1 / (2 * math.log(2) * slope), rel=0.02)
         assert pt.rate_bits == pytest.approx(0.5 * math.log2(variance / pt.distortion), abs=0.01)
@@ -155,7 +155,7 @@ def test_blahut_arimoto_rate_at_distortion_and_curve(gaussian_samples: np.ndarra
 def test_blahut_arimoto_on_a_known_discrete_source() -> None:
     """Equiprobable ±1 with reproduction ±1 under squared error is a binary source with Hamming cost 4:
     R(D) = 1 − H_b(D/4)."""
-    point, _ = limits.blahut_arimoto(
+    point, _ = rd_bounds.blahut_arimoto(
         np.array([-1.0, 1.0]), np.array([0.5, 0.5]), np.array([-1.0, 1.0]), slope_bits=2.0, tolerance_bits=1e-9
     )
     flip = point.distortion / 4
@@ -166,28 +166,28 @@ def test_blahut_arimoto_on_a_known_discrete_source() -> None:
 @pytest.mark.parametrize("rate", [1, 2, 3, 4])
 def test_laplace_rate_distortion_between_slb_and_ecsq(rate: int) -> None:
     samples = np.random.default_rng(1).laplace(scale=math.sqrt(0.5), size=300_000)
-    h = limits.laplace_entropy_bits(samples.var())
-    d = limits.empirical_distortion_at_rate(samples, rate).distortion
+    h = rd_bounds.laplace_entropy_bits(samples.var())
+    d = rd_bounds.empirical_distortion_at_rate(samples, rate).distortion
     slb = 2 ** (2 * h) / (2 * math.pi * math.e) * 4.0**-rate
-    ecsq = limits.ecsq_high_rate_distortion(rate, h)
+    ecsq = rd_bounds.ecsq_high_rate_distortion(rate, h)
     assert slb * (1 - 0.01) <= d < ecsq
 
 
 def test_laplace_exact_rate_distortion_exceeds_slb() -> None:
     for d in (0.2, 0.02, 0.004):
-        exact = limits.laplace_rate_distortion(d)
-        slb = limits.laplace_rate_distortion_slb(d)
+        exact = rd_bounds.laplace_rate_distortion(d)
+        slb = rd_bounds.laplace_rate_distortion_slb(d)
         assert slb - 0.01 <= exact <= slb + 0.1  # SLB is asymptotically tight for Laplace
-    assert limits.laplace_distortion_rate(2.0) == pytest.approx(
-        limits.laplace_distortion_rate(2.0, variance=3.0) / 3.0, rel=1e-9
+    assert rd_bounds.laplace_distortion_rate(2.0) == pytest.approx(
+        rd_bounds.laplace_distortion_rate(2.0, variance=3.0) / 3.0, rel=1e-9
     )
 
 
 def test_gap_to_bound_for_samples_and_named_sources(gaussian_samples: np.ndarray) -> None:
-    point = limits.gaussian_ecsq(4)
-    by_samples = limits.gap_to_bound_bits(4, point.distortion * gaussian_samples.var(), gaussian_samples)
+    point = rd_bounds.gaussian_ecsq(4)
+    by_samples = rd_bounds.gap_to_bound_bits(4, point.distortion * gaussian_samples.var(), gaussian_samples)
     assert by_samples == pytest.approx(0.2546, abs=0.01)
-    assert limits.gap_to_bound_db(3, 0.02, "laplace") > 0
+    assert rd_bounds.gap_to_bound_db(3, 0.02, "laplace") > 0
 
 
 # -------------------------------------------------------------------------------------------- validation
@@ -196,16 +196,16 @@ def test_gap_to_bound_for_samples_and_named_sources(gaussian_samples: np.ndarray
 @pytest.mark.parametrize(
     "call",
     [
-        lambda: limits.gaussian_distortion_rate(-0.5),
-        lambda: limits.gaussian_rate_distortion(0.0),
-        lambda: limits.gaussian_rate_distortion(-1.0),
-        lambda: limits.gaussian_distortion_rate(1.0, variance=0.0),
-        lambda: limits.shannon_lower_bound_rate(2.0, float("nan")),
-        lambda: limits.gaussian_ecsq(0.0),
-        lambda: limits.panter_dite_constant("t:2"),
-        lambda: limits.panter_dite_constant("cauchy"),
-        lambda: limits.gap_to_bound_bits(-1.0, 0.1, "normal"),
-        lambda: limits.gap_to_bound_bits(1.0, 0.0, "normal"),
+        lambda: rd_bounds.gaussian_distortion_rate(-0.5),
+        lambda: rd_bounds.gaussian_rate_distortion(0.0),
+        lambda: rd_bounds.gaussian_rate_distortion(-1.0),
+        lambda: rd_bounds.gaussian_distortion_rate(1.0, variance=0.0),
+        lambda: rd_bounds.shannon_lower_bound_rate(2.0, float("nan")),
+        lambda: rd_bounds.gaussian_ecsq(0.0),
+        lambda: rd_bounds.panter_dite_constant("t:2"),
+        lambda: rd_bounds.panter_dite_constant("cauchy"),
+        lambda: rd_bounds.gap_to_bound_bits(-1.0, 0.1, "normal"),
+        lambda: rd_bounds.gap_to_bound_bits(1.0, 0.0, "normal"),
     ],
 )
 def test_bad_parameters_raise_parameter_error(call: Callable[[], object]) -> None:
@@ -216,4 +216,4 @@ def test_bad_parameters_raise_parameter_error(call: Callable[[], object]) -> Non
 @pytest.mark.parametrize("samples", [np.array([]), np.array([1.0, np.nan]), np.array([np.inf, 1.0]), np.ones(5)])
 def test_bad_samples_raise_tensor_error(samples: np.ndarray) -> None:
     with pytest.raises(TensorError):
-        limits.empirical_rate_at_distortion(samples, 0.1)
+        rd_bounds.empirical_rate_at_distortion(samples, 0.1)

@@ -1,4 +1,4 @@
-"""Rate–distortion limits: how many bits per weight a given mean-squared error fundamentally costs.
+"""Rate–distortion bounds: how many bits per weight a given mean-squared error fundamentally costs.
 
 A format's bits per weight mean little on their own; against these limits they become "bits above the best
 any quantizer could do". The module covers Shannon's R(D) (closed form for Gaussians, Blahut–Arimoto for
