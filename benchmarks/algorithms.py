@@ -29,20 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _common import machine_line, replace_section  # noqa: E402
 
-from wquant.algorithms import (  # noqa: E402
-    GPTQConfig,
-    NUPESConfig,
-    RTNConfig,
-    calibration_windows,
-    quantize_model_with,
-    sentence_batches,
-)
-from wquant.data import (
-    read_paragraphs,  # noqa: E402
-    read_text,  # noqa: E402
-)
+from wquant.algorithms import GPTQConfig, NUPESConfig, RTNConfig  # noqa: E402
+from wquant.data import calibration_windows, read_paragraphs, read_text, sentence_batches  # noqa: E402
 from wquant.evaluate import cached_testbed, compare_causal, compare_encoders, heldout_text  # noqa: E402
-from wquant.models import load_pretrained, model_bits  # noqa: E402
+from wquant.models import load_pretrained, model_bits, quantize_  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 CALIB, EVAL = DATA / "wikitext-2-tokens-valid.txt", DATA / "wikitext-2-raw-test.txt"
@@ -77,7 +67,7 @@ def sweep(label: str, reference: torch.nn.Module, batches: list[Any], bits_list:
         for name, config in configs(bits, steps).items():
             model = copy.deepcopy(reference)
             start = time.perf_counter()
-            reports = quantize_model_with(model, config, batches)
+            reports = quantize_(model, config, calibration=batches)
             seconds = time.perf_counter() - start
             row = {"model": label, "bits": bits, "method": name, **evaluate(model), "bpp": layer_bits(model),
                    "seconds": seconds, "note": exponents(reports)}  # fmt: skip

@@ -10,7 +10,7 @@ gptqmodel 7.6.0 pins numpy 2.2.x, so run this from an environment of its own (th
 Model and evaluation are those of benchmarks/models.py for the testbed (character-level Llama trained on Tiny
 Shakespeare, cached in ~/.cache/wquant/testbed): `compare_causal(fp32 reference, quantized, tokenizer, held-out
 10 %, window=WINDOW)` → KL(fp32 ‖ quantized) per character, perplexity, top-1 agreement. Calibration: 128 windows
-of WINDOW characters from the first 90 % (`wquant.algorithms.calibration_windows`, seed 0), the same windows for
+of WINDOW characters from the first 90 % (`wquant.data.calibration_windows`, seed 0), the same windows for
 both systems.
 
 gptqmodel runs its own model-level pipeline: `GPTQModel.load(folder, QuantizeConfig(bits, group_size=64, sym,
@@ -25,7 +25,8 @@ checkpoint-format zeros that its TorchLinear kernel reads without the +1: evalua
 hence the save and reload.)
 gptqmodel leaves lm_head in full precision by default, so wquant leaves it too (`exclude=("lm_head",)`).
 
-wquant: `quantize_model_with(model, GPTQConfig(spec, damp=0.05), windows)` on the identical grid (sym=False ↔
+wquant: `quantize_(model, QuantizeConfig(GPTQConfig(spec, damp=0.05), exclude=...), calibration=windows)` on the
+identical grid (sym=False ↔
 `int<b>:unsigned/block64:zeropoint:fp16`, integer zero point and fp16 scale as gptqmodel stores them; sym=True ↔
 `int<b>:asym/block64:span:fp16`), plus wquant's default damping 0.01 as an extra row.
 
@@ -58,10 +59,13 @@ import torch  # noqa: E402
 from _common import machine_line, replace_section  # noqa: E402
 from torch import nn  # noqa: E402
 
-from wquant.algorithms import GPTQConfig, calibration_windows, quantize_model_with  # noqa: E402
-from wquant.data import read_text  # noqa: E402
+from wquant.algorithms import GPTQConfig  # noqa: E402
+from wquant.data import (
+    calibration_windows,  # noqa: E402
+    read_text,  # noqa: E402
+)
 from wquant.evaluate import cached_testbed, compare_causal, heldout_text  # noqa: E402
-from wquant.models import load_pretrained, model_bits  # noqa: E402
+from wquant.models import QuantizeConfig, load_pretrained, model_bits, quantize_  # noqa: E402  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHAKESPEARE = DATA / "tinyshakespeare.txt"  # as in benchmarks/models.py
@@ -173,7 +177,7 @@ def run_wquant(
 ) -> dict[str, Any]:
     model = copy.deepcopy(reference)
     start = time.perf_counter()
-    quantize_model_with(model, GPTQConfig(spec, damp=damp), batches, exclude=exclude)
+    quantize_(model, QuantizeConfig(GPTQConfig(spec, damp=damp), exclude=exclude), calibration=batches)
     seconds = time.perf_counter() - start
     mb = model_bits(model)
     return {"model": model, "bits": mb.quantized_bits / mb.quantized_params, "seconds": seconds}
@@ -253,7 +257,7 @@ def main() -> None:
         f"first 90 %, the same for both. All Linear layers except lm_head (gptqmodel's default leaves it in full "
         f"precision; wquant excludes it too). Bits/weight: exact stored bits over those layers' weights (gptqmodel: "
         f"qweight + qzeros + fp16 scales + int32 g_idx). Quantize seconds: wall time of gptqmodel's `.quantize()` "
-        f"call (its whole pipeline) and of wquant's `quantize_model_with`, shared machine (±2×)."
+        f"call (its whole pipeline) and of wquant's `quantize_`, shared machine (±2×)."
     )
     table = ["| system | bits/weight | KL | perplexity | top-1 agreement | quantize seconds |",
              "|---|---:|---:|---:|---:|---:|", *rows]  # fmt: skip

@@ -23,9 +23,10 @@ default mapping), optimum-quanto `quantize(model, weights=qint4 / qint2); freeze
 (data-free) and NUPES (`wquant.algorithms`, sequential over the model), GPTQ on the entropy-coded uniform grid with a
 fixed step in RMS units (`uniform<step>/...+coded`: its bits follow from the step in one solve; a `uniform@<bits>`
 budget would re-solve 2-4 times to land on it), Fisher bit allocation to a budget (`wquant.allocation`:
-estimate_fisher → measure_candidates → allocate → apply_plan, the functions `advise` and `wquant study` compose), and
-the Fisher plan quantized with GPTQ instead of RTN. Data-driven algorithms run one `quantize_model_with` pass over the
-whole model in forward order, q/k/v sharing one Hessian (`sequential`).
+estimate_fisher → measure_candidates → allocate → `quantize_(model, plan.quantize_config())`, the functions
+`advise` and `wquant study` compose), and the Fisher plan quantized with GPTQ instead of RTN. Data-driven
+algorithms run one `quantize_` pass over the whole model in forward order, q/k/v sharing one Hessian
+(`sequential`).
 
 Bits rule (the x axis, "bits/weight"): all-in stored bits of the Linear weights divided by their element count,
 the same tensors for every system. wquant: `QuantizedTensor.bits()` through `wquant.models.model_bits` (codes,
@@ -80,8 +81,8 @@ from wquant.evaluate import (  # noqa: E402
     embedding_fidelity,
     heldout_text,
 )
-from wquant.models import QuantizeConfig, load_pretrained, model_bits, quantize_model  # noqa: E402
-from wquant.models.quantize import set_submodule  # noqa: E402
+from wquant.models import QuantizeConfig, load_pretrained, model_bits, quantize_  # noqa: E402
+from wquant.models.sites import set_submodule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -287,19 +288,14 @@ def peer_weight_bits(model: nn.Module) -> tuple[int, int]:
 
 
 def _rtn(spec: str) -> Callable[[Context], nn.Module]:
-    return lambda ctx: quantize_model(copy.deepcopy(ctx.model), QuantizeConfig(spec, targets=("linear",)))
+    return lambda ctx: sequential(copy.deepcopy(ctx.model), spec, None)
 
 
-def sequential(model: nn.Module, config: Any, batches: list[Any]) -> nn.Module:
-    """One `quantize_model_with` pass: every Linear layer in forward order, q/k/v (and gate/up) sharing a Hessian.
-
-    (An earlier run of this script went one call per layer: the walk then recognised "the same input" by its data
-    pointer alone, and on the Llama testbed a freed activation's recycled memory made o_proj join gate/up. Fixed
-    in wquant: the first input is held alive and its version counter compared.)
-    """
-    from wquant.algorithms import quantize_model_with
-
-    quantize_model_with(model, config, batches)
+def sequential(model: nn.Module, config: Any, batches: list[Any] | None) -> nn.Module:
+    """One `quantize_` call: every Linear layer in forward order (the block-wise calibration walk), q/k/v (and
+    gate/up) sharing a Hessian; embeddings stay as they are (not a default target)."""
+    quantize_(model, QuantizeConfig(config, targets=("linear",)) if not isinstance(config, dict) else config,
+              calibration=batches)  # fmt: skip
     return model
 
 
@@ -312,29 +308,22 @@ def _algorithm(make_config: Callable[[], Any]) -> Callable[[Context], nn.Module]
 
 
 def _gptq(spec: str) -> Callable[[Context], nn.Module]:
-    from wquant.algorithms import algorithm_config
+    from wquant.algorithms import GPTQConfig
 
-    return _algorithm(lambda: algorithm_config("gptq", spec))
+    return _algorithm(lambda: GPTQConfig(spec))
 
 
 def _hqq_wquant(spec: str) -> Callable[[Context], nn.Module]:
-    from wquant.algorithms import algorithm_config
+    from wquant.algorithms import HQQConfig
 
-    def build(ctx: Context) -> nn.Module:
-        from wquant.algorithms import quantize_model_with
-
-        model = copy.deepcopy(ctx.model)
-        quantize_model_with(model, algorithm_config("hqq", spec), None)  # data-free: no calibration batches
-        return model
-
-    return build
+    return lambda ctx: sequential(copy.deepcopy(ctx.model), HQQConfig(spec), None)  # data-free
 
 
 def _nupes(bits: int) -> Callable[[Context], nn.Module]:
-    from wquant.algorithms import algorithm_config
+    from wquant.algorithms import NUPESConfig
 
     # block-64 bf16 absmax scales (b + 0.25 bits/weight) and 30 STE steps, as in docs/algorithms.md's MiniLM run
-    return _algorithm(lambda: algorithm_config("nupes", bits=bits, scaling="block64:absmax:bf16", steps=30))
+    return _algorithm(lambda: NUPESConfig(bits=bits, scaling="block64:absmax:bf16", steps=30))
 
 
 INT_CANDIDATES = (("int{b}/block64:absmax:bf16",), (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0))  # advise's defaults
@@ -343,9 +332,11 @@ CODED_CANDIDATES = (("uniform@{b}/tensor:rms:bf16+coded",), (2.0, 2.5, 3.0, 3.5,
 
 def _fisher(bits_per_weight: float, candidates: tuple[tuple[str, ...], tuple[float, ...]]) -> Any:
     def build(ctx: Context) -> nn.Module:
-        from wquant.allocation import apply_plan
-
-        return apply_plan(copy.deepcopy(ctx.model), ctx.linear_budget_plan(bits_per_weight, *candidates))
+        plan = ctx.linear_budget_plan(bits_per_weight, *candidates)
+        model = copy.deepcopy(ctx.model)
+        quantize_(model, plan.quantize_config())
+        plan.check_applied(model)
+        return model
 
     return build
 
@@ -355,11 +346,9 @@ def _fisher_gptq(bits_per_weight: float) -> Callable[[Context], nn.Module]:
         from wquant.algorithms import GPTQConfig
 
         plan = ctx.linear_budget_plan(bits_per_weight, *INT_CANDIDATES)
-        spec_of = {t.module: t.spec for t in plan.tensors}
-        model = sequential(copy.deepcopy(ctx.model), {path: GPTQConfig(spec) for path, spec in spec_of.items()},
-                           ctx.batches())  # fmt: skip
-        if model_bits(model).bits != plan.total_bits:
-            raise RuntimeError(f"Fisher+GPTQ stored {model_bits(model).bits} bits, the plan {plan.total_bits}")
+        model = copy.deepcopy(ctx.model)
+        quantize_(model, plan.quantize_config(GPTQConfig(INT_CANDIDATES[0][0].format(b=4))), calibration=ctx.batches())
+        plan.check_applied(model)
         return model
 
     return build
@@ -560,7 +549,7 @@ def minilm_bench(paragraphs: int, calib_texts: int, fresh: bool) -> tuple[Bench,
         return {"mean_cos": fid.mean_cosine, "min_cos": fid.min_cosine, "nn_agree": fid.neighbour_agreement}
 
     def make_batches() -> list[Any]:
-        from wquant.algorithms import sentence_batches
+        from wquant.data import sentence_batches
 
         return sentence_batches(loaded.tokenizer, calibration, max_length=128)
 
@@ -589,7 +578,7 @@ def testbed_bench(calib_windows: int, fresh: bool) -> tuple[Bench, dict[str, Any
                 "top1_agree": result.top1_agreement}  # fmt: skip
 
     def make_batches() -> list[Any]:
-        from wquant.algorithms import calibration_windows
+        from wquant.data import calibration_windows
 
         return calibration_windows(loaded.tokenizer, train, nsamples=calib_windows, seqlen=WINDOW, seed=0)
 

@@ -35,6 +35,10 @@ class BudgetError(WquantError, ValueError):
     """A bit budget cannot be met by the formats on offer."""
 
 
+class ConfigWarning(UserWarning):
+    """A config is valid but probably not what was meant (a glob that matches nothing, say)."""
+
+
 def valid_choices(choices: object) -> str:
     """Render a list of valid tokens for an error message."""
     return ", ".join(sorted(str(c) for c in choices))  # type: ignore[union-attr]

@@ -11,7 +11,7 @@ from torch import nn
 
 import wquant
 from wquant.algorithms import GPTQConfig, HQQConfig, NUPESConfig, RTNConfig
-from wquant.errors import ParameterError, SpecError, TensorError, WquantError
+from wquant.errors import ConfigWarning, ParameterError, SpecError, TensorError, WquantError
 from wquant.formats import parse_spec, quantize
 from wquant.models import (
     PackedWeight,
@@ -282,3 +282,11 @@ def test_packed_weights_are_named_like_the_weights_they_replace(llama) -> None:
     names = [n for n, _ in packed_weights(llama)]
     assert "model.embed_tokens.weight" in names and "model.layers.0.self_attn.q_proj.weight" in names
     assert all(isinstance(m, PackedWeight) for _, m in packed_weights(llama))
+
+
+def test_globs_that_match_nothing_are_warned_about(bert) -> None:
+    fresh = copy.deepcopy(bert)
+    with pytest.warns(ConfigWarning, match="override glob '\\*\\.qurey' matches none"):
+        quantize_(bert, QuantizeConfig(overrides={"*.qurey": "int8/channel:absmax:bf16"}))
+    with pytest.warns(ConfigWarning, match="exclude glob 'lm_head'"):
+        quantize_(fresh, QuantizeConfig(exclude=("lm_head",)))

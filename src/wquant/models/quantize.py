@@ -16,6 +16,7 @@ survives; a weight tied to an embedding is only selected when embeddings are tar
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from wquant.algorithms import as_tensor_config, quantize_weight, relative_error
-from wquant.errors import ParameterError, SpecError, TensorError, WquantError, valid_choices
+from wquant.errors import ConfigWarning, ParameterError, SpecError, TensorError, WquantError, valid_choices
 from wquant.formats import DEFAULT_FORMAT, FormatSpec
 from wquant.models.calibration import Batch, calibrate
 from wquant.models.layers import PackedWeight, QuantizedEmbedding, QuantizedLinear, packed_weights
@@ -185,7 +186,9 @@ def _as_quantize_config(config: Any) -> QuantizeConfig:
 def _plan(model: nn.Module, config: QuantizeConfig, say: Callable[[str], None]) -> list[tuple[WeightSite, Any]]:
     """(site, tensor config) of every selected weight, checked for ties wquant cannot keep."""
     plan = []
-    for site in weight_sites(model, TARGET_KINDS):
+    sites = weight_sites(model, TARGET_KINDS)
+    _warn_unmatched(config, [p for s in sites for p, kind in s.users if _target(kind) in config.targets])
+    for site in sites:
         chosen = [p for p, kind in site.users if _target(kind) in config.targets and config.selects(p)]
         if not chosen:
             continue
@@ -204,6 +207,16 @@ def _plan(model: nn.Module, config: QuantizeConfig, say: Callable[[str], None]) 
             raise TensorError(f"{site.name}: nn.Embedding with max_norm rewrites its weights on lookup; exclude it")
         plan.append((site, cfg))
     return plan
+
+
+def _warn_unmatched(config: QuantizeConfig, paths: list[str]) -> None:
+    """A glob that names none of the targeted modules is almost always a typo: say so."""
+    globs = [("include", g) for g in config.include if g != "*"] + [("exclude", g) for g in config.exclude]
+    globs += [("override", g) for g, _ in config.overrides]
+    for kind, glob in globs:
+        if not any(matches(p, glob) for p in paths):
+            warnings.warn(f"{kind} glob {glob!r} matches none of the model's {'/'.join(config.targets)} modules",
+                          ConfigWarning, stacklevel=4)  # fmt: skip
 
 
 def _target(kind: str) -> str:
