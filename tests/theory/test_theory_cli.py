@@ -116,3 +116,12 @@ def test_alpha_sweep_titles_do_not_claim_one_alpha() -> None:
     title = fig.axes[0].get_title()
     assert "alpha=N/M=1" not in title and "sigma=0.1" in title and "lam=0.001" in title
     assert "alpha = N/M" in fig.axes[0].get_xlabel()
+
+
+def test_plot_goes_to_a_new_folder_as_svg_and_atomically(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "folder" / "fig.svg"
+    args = ["phase-diagram", "--bits-max", "1", "--n-widths", "3", "--lam", "0", "--jobs", "1", "--plot", str(out)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert out.read_text().lstrip().startswith("<?xml") and "<svg" in out.read_text()
+    assert [p.name for p in out.parent.iterdir()] == ["fig.svg"]  # no temporary file left behind

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from wquant.io import atomic_write  # noqa: E402
 from wquant.theory.setting import RegressionSetting  # noqa: E402
 from wquant.theory.sweeps import AlphaSweep, PhaseDiagram, WidthSweep  # noqa: E402
 
@@ -120,9 +121,11 @@ def plot_amp_vs_state_evolution(histories: Sequence[np.ndarray], se: np.ndarray)
 
 
 def save(fig: Figure, path: str | Path) -> Path:
-    """Write a PNG and release the figure."""
+    """Write the figure atomically (format from the suffix: .png, .pdf, .svg; none = PNG) and release it: a
+    failed write leaves no partial file."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    fmt = out.suffix.lower().lstrip(".") or "png"
+    try:
+        return atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=130))
+    finally:
+        plt.close(fig)
