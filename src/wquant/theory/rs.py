@@ -24,8 +24,8 @@ Z_MAX = 8.5
 """Half-range of the standard-normal grid (mass outside is ~2e-17)."""
 N_MIN = 65
 """Fewest nodes of the field grid."""
-ENTRY_MAX = 2**23
-"""Most (nodes x levels) one point may use per field average (~0.3 s): a point that needs more is reported as
+ENTRY_MAX = 2**24
+"""Most (nodes x levels) one point may use per field average (~0.5 s): a point that needs more is reported as
 unresolved (ConvergenceError naming the limit), never computed on a coarser grid."""
 ENTRY_CHUNK = 2**22
 """(points x nodes x levels) evaluated at once: bounds the working memory (~32 MB per temporary array)."""
@@ -104,13 +104,12 @@ def nodes_wanted(sigma_b: np.ndarray, max_gap: np.ndarray, A: np.ndarray) -> np.
 
 
 def node_cap(n_levels: int) -> int:
-    """Largest grid (2^k + 1 nodes) within ENTRY_MAX entries for `n_levels` levels."""
-    k = int(math.floor(math.log2(max(ENTRY_MAX / n_levels - 1.0, 1.0))))
-    return max(2**k + 1, N_MIN)
+    """Most nodes of the field grid for `n_levels` levels: ENTRY_MAX entries per field average."""
+    return max(N_MIN, ENTRY_MAX // n_levels)
 
 
 def _grid_size(want: np.ndarray, cap: int) -> np.ndarray:
-    """Round a wanted node count up to 2^k + 1 within [N_MIN, cap]."""
+    """Round a wanted node count up to 2^k + 1 (few distinct sizes: points share buckets), within [N_MIN, cap]."""
     w = np.clip(want, N_MIN, cap)
     k = np.ceil(np.log2(w - 1.0))
     return np.minimum(2.0**k + 1, cap).astype(int)
