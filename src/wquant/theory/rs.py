@@ -3,9 +3,10 @@
 Every weight behaves as one discrete variable s in the effective single-site measure
 P(s | A, B) ~ exp(l(s) - A s^2/2 + B s), with a Gaussian field B ~ N(0, A^2 rho + qhat) (docs/theory.md,
 sections 3.2, 3.3, 4.1). The order parameters are 1D Gaussian averages of the site moments, computed on a
-uniform grid that resolves the sech^2 bumps of width ~1/Delta at every threshold (the trapezoid rule on
-analytic integrands is spectrally accurate once the spacing is below ~1/Delta), vectorised over the grid
-points of a sweep.
+uniform grid that resolves both the sech^2 bumps of width ~1/Delta at every threshold and the thermal/clipping
+width ~sqrt(A) of a many-level posterior (the trapezoid rule on analytic integrands is spectrally accurate once
+the spacing is below both), vectorised over the grid points of a sweep. A point whose grid would exceed the cap,
+or whose solution breaks a bound every RS solution obeys, is refused rather than reported.
 """
 
 from __future__ import annotations
