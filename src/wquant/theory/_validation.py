@@ -28,44 +28,53 @@ def _finite_real(name: str, value: float) -> float:
     return x
 
 
-def check_alpha(alpha: float) -> float:
-    """alpha = N/M (weights per sample, the paper's convention) must be a positive finite number."""
-    x = _finite_real("alpha", alpha)
-    if not (0.0 < x < math.inf):
-        raise _fail("alpha", alpha, "> 0 and finite (alpha = N/M, weights per sample)")
+SCALE_MIN, SCALE_MAX = 1e-6, 1e6
+"""Range of the teacher variance, noise level, widths and level magnitudes: beyond it squares and products of the
+RS equations under- or overflow (the solver's bounds then fail) and the setting is meaningless at rho ~ 1."""
+RATE_MIN, RATE_MAX = 1e-12, 1e12
+"""Range of alpha and of a finite beta: far enough for every regime, short of overflow in beta^2 (M/N) terms."""
+
+
+def _bounded(name: str, value: float, lo: float, hi: float, what: str, *, zero_ok: bool = False) -> float:
+    x = _finite_real(name, value)
+    if not ((zero_ok and x == 0.0) or lo <= x <= hi):
+        low = "0 or " if zero_ok else ""
+        raise _fail(name, value, f"{low}in [{lo:g}, {hi:g}] ({what})")
     return x
+
+
+def check_alpha(alpha: float, name: str = "alpha") -> float:
+    """alpha = N/M (weights per sample, the paper's convention): positive, within RATE_MIN..RATE_MAX."""
+    return _bounded(name, alpha, RATE_MIN, RATE_MAX, "alpha = N/M, weights per sample")
 
 
 def check_sigma(sigma: float) -> float:
-    """sigma is the label-noise standard deviation."""
-    x = _finite_real("sigma", sigma)
-    if not (0.0 <= x < math.inf):
-        raise _fail("sigma", sigma, ">= 0 and finite (label-noise standard deviation)")
-    return x
+    """sigma is the label-noise standard deviation: 0 or within SCALE_MIN..SCALE_MAX."""
+    return _bounded("sigma", sigma, SCALE_MIN, SCALE_MAX, "label-noise standard deviation", zero_ok=True)
 
 
 def check_lam(lam: float) -> float:
-    """lam is the L2 regularisation strength."""
-    x = _finite_real("lam", lam)
-    if not (0.0 <= x < math.inf):
-        raise _fail("lam", lam, ">= 0 and finite (L2 regularisation strength)")
-    return x
+    """lam is the L2 regularisation strength: 0 or within RATE_MIN..RATE_MAX."""
+    return _bounded("lam", lam, RATE_MIN, RATE_MAX, "L2 regularisation strength", zero_ok=True)
 
 
 def check_beta(beta: float) -> float:
     """beta is the inverse temperature; math.inf selects the zero-temperature (ERM) limit."""
     x = _finite_real("beta", beta)
-    if not x > 0.0:
-        raise _fail("beta", beta, "> 0 (inverse temperature; inf for the zero-temperature limit)")
+    if x == math.inf:
+        return x
+    if not RATE_MIN <= x <= RATE_MAX:
+        raise _fail(
+            "beta",
+            beta,
+            f"in [{RATE_MIN:g}, {RATE_MAX:g}] or inf (inverse temperature; inf for the zero-temperature limit)",
+        )
     return x
 
 
 def check_rho(rho: float) -> float:
     """rho is the variance of the Gaussian teacher weights."""
-    x = _finite_real("rho", rho)
-    if not (0.0 < x < math.inf):
-        raise _fail("rho", rho, "> 0 and finite (teacher weight variance)")
-    return x
+    return _bounded("rho", rho, SCALE_MIN, SCALE_MAX, "teacher weight variance")
 
 
 def check_bits(bits: int) -> int:
@@ -85,33 +94,32 @@ def check_n_levels(n_levels: int) -> int:
     return int(n_levels)
 
 
-def check_width(width: float) -> float:
+def check_width(width: float, name: str = "width") -> float:
     """width (omega) is the half-range of the quantization grid."""
-    x = _finite_real("width", width)
-    if not (0.0 < x < math.inf):
-        raise _fail("width", width, "> 0 and finite (quantization half-range omega)")
-    return x
+    return _bounded(name, width, SCALE_MIN, SCALE_MAX, "quantization half-range omega")
 
 
 def check_gamma(gamma: float) -> float:
     """gamma is the power-law companding exponent (1 = uniform, > 1 packs levels near 0)."""
-    x = _finite_real("gamma", gamma)
-    if not (0.0 < x < math.inf):
-        raise _fail("gamma", gamma, "> 0 and finite (companding exponent)")
-    return x
+    return _bounded("gamma", gamma, 0.01, 100.0, "companding exponent; 1 is uniform")
 
 
 def check_levels(values: Sequence[float] | np.ndarray) -> np.ndarray:
-    """A user level set: at least two finite, distinct values (returned sorted)."""
+    """A user level set: at least two finite, distinct values of magnitude <= SCALE_MAX, the largest >=
+    SCALE_MIN (returned sorted)."""
     arr = np.asarray(values, dtype=float).ravel()
+    shown = arr.tolist()
     if arr.size < 2:
-        raise _fail("levels", list(arr), "at least 2 distinct finite values")
+        raise _fail("levels", shown, "at least 2 distinct finite values")
     if not np.all(np.isfinite(arr)):
-        raise _fail("levels", list(arr), "finite values only")
+        raise _fail("levels", shown, "finite values only")
     s = np.sort(arr)
     if np.any(np.diff(s) <= 0.0):
         dup = s[:-1][np.diff(s) <= 0.0]
-        raise _fail("levels", list(arr), f"distinct values (duplicates: {sorted(set(dup.tolist()))})")
+        raise _fail("levels", shown, f"distinct values (duplicates: {sorted(set(dup.tolist()))})")
+    top = float(np.abs(s).max())
+    if not SCALE_MIN <= top <= SCALE_MAX:
+        raise _fail("levels", shown, f"values whose largest magnitude is in [{SCALE_MIN:g}, {SCALE_MAX:g}]")
     return s
 
 

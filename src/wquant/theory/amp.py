@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wquant.errors import ConvergenceError
+from wquant.errors import ConvergenceError, ParameterError
 from wquant.theory._validation import check_damping, check_positive_int, check_tolerance
 from wquant.theory.quantizers import LevelSet, site_log_weights
 from wquant.theory.rs import batch_for, prior_start, rs_map, site_moments
@@ -61,7 +61,9 @@ def run_amp(
     """
     setting = instance.setting
     if setting.zero_temperature:
-        raise ConvergenceError("finite-beta AMP needs a finite beta; anneal beta upward for low temperature")
+        raise ParameterError(
+            "beta=inf is invalid for AMP: finite-beta AMP needs a finite beta; anneal beta upward for low temperature"
+        )
     eta = check_damping(damping)
     tol = check_tolerance(tol)
     max_iter = check_positive_int("max_iter", max_iter)

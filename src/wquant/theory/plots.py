@@ -14,13 +14,17 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from wquant.io import atomic_write  # noqa: E402
+from wquant.theory.setting import RegressionSetting  # noqa: E402
 from wquant.theory.sweeps import AlphaSweep, PhaseDiagram, WidthSweep  # noqa: E402
 
 
-def _setting_text(st: object) -> str:
-    s = st  # RegressionSetting
-    beta = "inf" if np.isinf(s.beta) else f"{s.beta:g}"  # type: ignore[attr-defined]
-    return f"alpha=N/M={s.alpha:g}, sigma={s.sigma:g}, lam={s.lam:g}, beta={beta}"  # type: ignore[attr-defined]
+def _setting_text(st: RegressionSetting, with_alpha: bool = True) -> str:
+    """Panel title text; `with_alpha=False` where alpha is the x axis (an alpha sweep's setting holds only a
+    placeholder alpha)."""
+    beta = "inf" if np.isinf(st.beta) else f"{st.beta:g}"
+    alpha = f"alpha=N/M={st.alpha:g}, " if with_alpha else ""
+    return f"{alpha}sigma={st.sigma:g}, lam={st.lam:g}, beta={beta}"
 
 
 def plot_phase_diagrams(diagrams: Sequence[PhaseDiagram], ncols: int = 2) -> Figure:
@@ -95,7 +99,7 @@ def plot_error_vs_alpha(sweeps: Sequence[AlphaSweep]) -> Figure:
         ax.set_xlabel("alpha = N/M (weights per sample)")
         ax.set_ylabel("generalization error")
         kind = "uniform" if sweep.kind == "uniform" else "non-uniform"
-        ax.set_title(f"({tag}) {kind}: {_setting_text(sweep.setting)}", fontsize=8)
+        ax.set_title(f"({tag}) {kind}: {_setting_text(sweep.setting, with_alpha=False)}", fontsize=8)
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -117,9 +121,11 @@ def plot_amp_vs_state_evolution(histories: Sequence[np.ndarray], se: np.ndarray)
 
 
 def save(fig: Figure, path: str | Path) -> Path:
-    """Write a PNG and release the figure."""
+    """Write the figure atomically (format from the suffix: .png, .pdf, .svg; none = PNG) and release it: a
+    failed write leaves no partial file."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    fmt = out.suffix.lower().lstrip(".") or "png"
+    try:
+        return atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=130))
+    finally:
+        plt.close(fig)

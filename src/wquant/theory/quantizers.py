@@ -76,9 +76,7 @@ def uniform_levels(bits: int, width: float, convention: UniformConvention = "end
         step = 2.0 * w / k
         vals = -w + step * (np.arange(k) + 0.5)
     else:
-        raise ParameterError(
-            f"convention={convention!r} is invalid: convention must be one of endpoint, midrise"
-        )
+        raise ParameterError(f"convention={convention!r} is invalid: convention must be one of endpoint, midrise")
     return LevelSet(tuple(vals), label=f"uniform b={b} w={w:g}")
 
 
@@ -92,6 +90,11 @@ def power_levels(n_levels: int, width: float, gamma: float = DEFAULT_GAMMA) -> L
     g = check_gamma(gamma)
     u = np.linspace(-1.0, 1.0, k)
     vals = w * np.sign(u) * np.abs(u) ** g
+    if np.any(np.diff(vals) <= 0.0):
+        raise ParameterError(
+            f"gamma={gamma!r} is invalid for {k} levels: the companded levels coincide in float64; use a gamma "
+            "closer to 1"
+        )
     return LevelSet(tuple(vals), label=f"power n={k} w={w:g} g={g:g}")
 
 

@@ -7,10 +7,13 @@ sampler measure on one instance of size N. Every random draw takes an explicit s
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from wquant.errors import BudgetError, ParameterError
 from wquant.theory._validation import check_positive_int
 from wquant.theory.quantizers import LevelSet, site_log_weights
 from wquant.theory.setting import RegressionSetting
@@ -35,6 +38,31 @@ class RegressionInstance:
         return self.F.shape[0]
 
 
+MEMORY_FRACTION = 0.5
+"""Share of the available memory one instance (or sampler) may take: the rest is for the solver and the OS."""
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (Linux), else the physical memory."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(needed_bytes: int, what: str, fix: str, available_bytes: int | None = None) -> None:
+    """Refuse, before allocating, work that needs more than MEMORY_FRACTION of the available memory."""
+    free = available_memory_bytes() if available_bytes is None else available_bytes
+    if needed_bytes > MEMORY_FRACTION * free:
+        raise BudgetError(
+            f"{what} needs about {needed_bytes / 2**30:.3g} GiB but only {free / 2**30:.3g} GiB is available "
+            f"(at most {MEMORY_FRACTION:.0%} of it may be used); {fix}"
+        )
+
+
 def n_samples_for(setting: RegressionSetting, n_weights: int) -> int:
     """M = round(N / alpha), alpha = N/M."""
     return max(1, int(round(n_weights / setting.alpha)))
@@ -50,6 +78,12 @@ def make_instance(
     """
     n = check_positive_int("n_weights", n_weights, 2)
     m = n_samples_for(setting, n)
+    itemsize = 4 if dtype == np.float32 else 8
+    check_memory(
+        m * n * itemsize + 16 * (m + n),
+        f"an instance with N={n} weights and M={m} samples (alpha=N/M={setting.alpha:g})",
+        "use a smaller N or a larger alpha=N/M",
+    )
     rng = np.random.default_rng(seed)
     w0 = rng.standard_normal(n) * math.sqrt(setting.rho)
     F = rng.standard_normal((m, n), dtype=np.float32 if dtype == np.float32 else np.float64)
@@ -114,10 +148,16 @@ def heat_bath_sampler(
     """
     setting = instance.setting
     if math.isinf(setting.beta):
-        raise ValueError("heat_bath_sampler needs a finite beta")
+        raise ParameterError("beta=inf is invalid for the heat-bath sampler: it samples a finite-beta Gibbs measure")
     sweeps = check_positive_int("n_sweeps", n_sweeps)
     burn = check_positive_int("burn_in", burn_in, 0)
     chains = check_positive_int("n_chains", n_chains)
+    n, m = instance.n_weights, instance.n_samples
+    check_memory(
+        8 * (m * n + n * n + 4 * n * chains),
+        f"the heat-bath sampler at N={n}, M={m}",
+        "sample a smaller instance",
+    )
     beta = setting.beta
     F = instance.F.astype(np.float64)
     J = F.T @ F

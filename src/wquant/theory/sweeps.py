@@ -87,11 +87,9 @@ def _phase_row(
             at[j], gen[j], ok[j] = r.at_value, r.gen_error, True
         return at, gen, ok
     sol = solve_batch(batch_for([setting] * widths.size, levels))
-    gen = np.array(
-        [errors_from_overlaps(setting, m, q, V)[1] for m, q, V in zip(sol.m, sol.q, sol.V, strict=True)]
-    )
-    at = np.where(sol.converged, sol.at_value, np.nan)
-    return at, np.where(sol.converged, gen, np.nan), sol.converged
+    gen = np.array([errors_from_overlaps(setting, m, q, V)[1] for m, q, V in zip(sol.m, sol.q, sol.V, strict=True)])
+    ok = sol.ok  # converged, resolved and sane: anything else is a grey "no RS solution" cell, never a number
+    return np.where(ok, sol.at_value, np.nan), np.where(ok, gen, np.nan), ok
 
 
 def phase_diagram(
@@ -210,9 +208,7 @@ def error_vs_width(
     a quantized network) or "mean" (the Gibbs mean, AMP's output); they coincide at beta = inf."""
     b_arr, w_arr = _bits_list(bits), np.sort(_widths_list(widths))
     est = _check_estimator(estimator)
-    rows = Parallel(n_jobs=n_jobs)(
-        delayed(_width_row)(setting, kind, gamma, int(b), w_arr, est) for b in b_arr
-    )
+    rows = Parallel(n_jobs=n_jobs)(delayed(_width_row)(setting, kind, gamma, int(b), w_arr, est) for b in b_arr)
     err, at, bw, be, ba = zip(*rows, strict=True)
     return WidthSweep(
         setting,
@@ -329,6 +325,4 @@ def error_vs_alpha(
             ridge[j] = ridge_generalization_error(setting.with_(alpha=float(a), beta=math.inf))
         except ConvergenceError:
             pass
-    return AlphaSweep(
-        setting, kind, gamma, est, b_arr, w_arr, a_arr, np.stack(err), np.stack(at), ridge, np.array(ac)
-    )
+    return AlphaSweep(setting, kind, gamma, est, b_arr, w_arr, a_arr, np.stack(err), np.stack(at), ridge, np.array(ac))

@@ -10,6 +10,7 @@ threshold) keeps a finite V and is the finite-beta machinery with the conjugates
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 from scipy.stats import norm
@@ -17,7 +18,14 @@ from scipy.stats import norm
 from wquant.errors import ConvergenceError
 from wquant.theory._validation import check_damping, check_positive_int, check_tolerance
 from wquant.theory.quantizers import LevelSet, zero_temperature_costs
-from wquant.theory.rs import RSResult, batch_for, errors_from_overlaps, result_from_batch, solve_batch
+from wquant.theory.rs import (
+    RSResult,
+    batch_for,
+    errors_from_overlaps,
+    result_from_batch,
+    sanity_problems,
+    solve_batch,
+)
 from wquant.theory.setting import RegressionSetting
 
 
@@ -92,6 +100,15 @@ def solve_unique_minimiser(
         if res < tol:
             _, _, aux = _regime_one_step(setting, levels, costs, chi, q)
             m = aux["m"]
+            problem = sanity_problems(
+                np.array(m), np.array(q), np.array(0.0), np.array(chi), np.array(setting.rho), np.max(levels.values**2)
+            )[()]
+            if problem:
+                raise ConvergenceError(
+                    f"zero-temperature RS (unique minimiser) at {setting} with {levels.label} fails the sanity "
+                    f"bound {problem} (m={m:.4g}, q={q:.4g}, chi={chi:.4g}): the numerics broke down here; move "
+                    "alpha, lam or the width towards moderate values"
+                )
             train = aux["err_r"] / (1.0 + chi) ** 2
             _, gen, gen_mean = errors_from_overlaps(setting, m, q, 0.0)
             return RSResult(
@@ -160,9 +177,22 @@ def interpolation_threshold(levels: LevelSet, sigma: float, rho: float = 1.0, to
         load, q = 0.5 * (load + c_phi), 0.5 * (q + q_new)
         if step < tol:
             return load
-    raise ConvergenceError(
-        f"interpolation threshold did not converge for {levels.label}: last step {step:.2e}"
-    )
+    raise ConvergenceError(f"interpolation threshold did not converge for {levels.label}: last step {step:.2e}")
+
+
+def cheapest_levels(levels: LevelSet, setting: RegressionSetting) -> LevelSet:
+    """The levels of least zero-temperature cost c(s) (all of them when lam = 0 or for V3).
+
+    When two or more tie (e.g. +-Delta/2 of a uniform grid under V1/V2), interpolating with them alone
+    minimises the penalty and the training error at once, so below their interpolation threshold the T = 0
+    Gibbs measure is uniform over those interpolators, whatever lam > 0 is.
+    """
+    costs = zero_temperature_costs(levels, setting)
+    spread = float(costs.max() - costs.min())
+    keep = costs <= costs.min() + 1e-9 * spread  # ties up to rounding of the level values
+    if keep.all():
+        return levels
+    return LevelSet(tuple(levels.values[keep]), label=f"cheapest levels of {levels.label}")
 
 
 def solve_zero_temperature(
@@ -174,12 +204,15 @@ def solve_zero_temperature(
     max_iter: int = 3000,
     initial: RSResult | None = None,
 ) -> RSResult:
-    """beta = inf: regime I when a unique minimiser exists (lam > 0 or load above alpha_c), else II."""
-    lam_eff = float(np.max(zero_temperature_costs(levels, setting)))
-    if lam_eff == 0.0 and setting.load <= interpolation_threshold(levels, setting.sigma, setting.rho):
-        return solve_interpolation(
-            setting, levels, damping=damping, tol=tol, max_iter=max_iter, initial=initial
-        )
+    """beta = inf: regime II (uniform measure over interpolators) when the cheapest levels -- all levels at
+    lam = 0 -- are degenerate and can interpolate (load <= their alpha_c), else regime I (unique minimiser)."""
+    sub = cheapest_levels(levels, setting)
+    if sub.size >= 2 and setting.load <= interpolation_threshold(sub, setting.sigma, setting.rho):
+        res = solve_interpolation(setting, sub, damping=damping, tol=tol, max_iter=max_iter, initial=initial)
+        if sub.size == levels.size:
+            return res
+        cheap = ", ".join(f"{v:.4g}" for v in sub.levels)
+        return replace(res, levels=levels, regime=f"T=0 interpolation on the cheapest levels {{{cheap}}}")
     return solve_unique_minimiser(
         setting, levels, damping=damping, tol=min(tol, 1e-10), max_iter=max(max_iter, 5000), initial=initial
     )
@@ -192,9 +225,7 @@ def ridge_order_parameters(setting: RegressionSetting) -> tuple[float, float, fl
     b = load + lam - 1.0
     if lam == 0.0:
         if load <= 1.0:
-            raise ConvergenceError(
-                f"ridgeless regression interpolates at alpha={setting.alpha} >= 1: chi = inf"
-            )
+            raise ConvergenceError(f"ridgeless regression interpolates at alpha={setting.alpha} >= 1: chi = inf")
         chi = 1.0 / b
     elif b >= 0:
         chi = 2.0 / (b + math.sqrt(b * b + 4.0 * lam))
