@@ -257,6 +257,7 @@ def prepare_layout(
 
     nominal = nominal_codebook(spec)
     layout = TensorLayout(spec, tuple(x.shape), x.dtype, nominal, nominal, None, None, outlier_index, outlier_codes)
+    check_scale_range(layout, work, name)
     sc = spec.scaling
     if sc.scale_format.tensor_scale_bits or spec.element.data_dependent:
         scales = layout.choose_scales(work, fit_factor=True)
@@ -265,6 +266,36 @@ def prepare_layout(
             table = _fit_table(layout, work, w2d, scales)
             layout = replace(layout, table=table, book=codebook_of(spec, table))
     return layout
+
+
+#: A stored scale this far (either way) from the scale asked for means the scale format ran out of range.
+SCALE_RANGE_RATIO = 4.0
+#: ... which matters when such a group is at least this large relative to the tensor's largest.
+SCALE_RANGE_RELEVANCE = 1e-3
+
+
+def check_scale_range(layout: TensorLayout, x: torch.Tensor, name: str) -> None:
+    """Refuse a tensor whose magnitude the scale format cannot store (fp16 scales of weights near 1e-9 round to
+    0, so every value would decode to 0; near 1e30 they saturate and clip everything): a silent wrong answer
+    otherwise. Groups far below the tensor's largest (a dead row) may lose their scale; they hardly matter."""
+    sc = layout.spec.scaling
+    blocks, pad = sc.blocks(x)
+    raw, _ = sc.raw_scales(blocks, layout.scale_book, pad)
+    raw = raw.abs().to(torch.float64)
+    if not bool((raw > 0).any()):
+        return
+    stored = layout.choose_scales(x, fit_factor=True).scales.abs().to(torch.float64)
+    ratio = stored / raw.clamp(min=torch.finfo(torch.float64).tiny)
+    bad = (raw > 0) & ((ratio < 1 / SCALE_RANGE_RATIO) | (ratio > SCALE_RANGE_RATIO) | ~torch.isfinite(ratio))
+    peak = float(raw.max())
+    if bool(bad.any()) and float(raw[bad].max()) >= SCALE_RANGE_RELEVANCE * peak:
+        fmt = sc.scale_format.name
+        worst = float(raw[bad].max())
+        raise TensorError(
+            f"{name}: {int(bad.sum())} of {raw.numel()} group scales (up to {worst:.3g}) are out of the range of "
+            f"{fmt} scales and would store as {float(stored[bad].max()):.3g}, wrecking those groups; use a wider "
+            "scale format (bf16 or fp32 cover 1e-38..3e38) or rescale the tensor"
+        )
 
 
 def _fit_table(layout: TensorLayout, work: torch.Tensor, w2d: torch.Tensor | None, scales: GroupScales) -> np.ndarray:

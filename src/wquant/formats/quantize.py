@@ -54,7 +54,8 @@ def search_multiplier(layout: TensorLayout, x: torch.Tensor, weights: torch.Tens
     """Tensor-wide scale multiplier minimising the (weighted) squared error: coarse grid, then refine."""
 
     def error(c: float) -> float:
-        sq = (reconstruct(layout, x, layout.choose_scales(x, c, fit_factor=True)) - x).square()
+        # in float64: squared errors of large weights (1e20 and up) overflow float32 sums
+        sq = (reconstruct(layout, x, layout.choose_scales(x, c, fit_factor=True)) - x).double().square()
         return float((sq if weights is None else sq * weights).sum())
 
     coarse = [error(float(c)) for c in SEARCH_COARSE]

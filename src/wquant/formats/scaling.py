@@ -242,14 +242,18 @@ class Scaling:
             endpoint = book.lo if -book.lo > book.hi else book.hi
             return extreme / endpoint, None
         if self.rule == "rms":
-            sq = blocks.square()
+            # Squares of float32 values below ~1e-19 or above ~1e19 leave float32's range: such tensors are
+            # brought near 1 by a power of two first (exact), so their RMS scales stay exact too.
+            peak = float(blocks.abs().max()) if blocks.numel() else 0.0
+            shift = 0 if peak == 0 or 2.0**-40 <= peak <= 2.0**40 else math.frexp(peak)[1]
+            sq = (blocks if shift == 0 else blocks * 2.0**-shift).square()
             if pad:
                 sq = sq.clone()
                 sq[:, -1, blocks.shape[-1] - pad :] = 0
             counts = torch.full(blocks.shape[:2], float(blocks.shape[-1]), dtype=blocks.dtype)
             counts[:, -1] -= pad
-            mean_sq = (sq.sum(dim=-1) / counts).clamp(min=torch.finfo(torch.float32).tiny)
-            return mean_sq.sqrt() / book.rms_target, None
+            mean_sq = sq.sum(dim=-1) / counts
+            return mean_sq.sqrt() * 2.0**shift / book.rms_target, None
         lo_val, hi_val = blocks.amin(dim=-1), blocks.amax(dim=-1)  # 2× faster than aminmax on CPU
         if self.rule == "zeropoint":
             lo_val, hi_val = lo_val.clamp(max=0), hi_val.clamp(min=0)
