@@ -67,3 +67,13 @@ def check_positive(value: object, name: str, *, allow_zero: bool = False) -> flo
     if value < 0 or (value == 0 and not allow_zero):
         raise ParameterError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
     return float(value)
+
+
+def check_model_output(x: torch.Tensor, what: str) -> torch.Tensor:
+    """A model's output (logits, embeddings) must be finite: a NaN perplexity or cosine is a wrong answer."""
+    if not bool(torch.isfinite(x).all()):
+        raise TensorError(
+            f"{what} contain NaN or Inf: the model does not compute finite numbers on this text (a checkpoint of "
+            "another model, NaN weights, or an fp16 overflow); no measurement is reported"
+        )
+    return x

@@ -182,6 +182,7 @@ def eval_cmd(
     from wquant.data import iter_paragraphs, read_text
     from wquant.evaluate import compare_causal, compare_encoders, perplexity
     from wquant.models import load_pretrained, load_quantized, quantize_
+    from wquant.models.checkpoint import check_matches_base
 
     _quiet_transformers()
     if quantized is not None and fmt is not None:
@@ -190,6 +191,7 @@ def eval_cmd(
     other = None
     if quantized is not None:
         other = load_quantized(quantized)
+        check_matches_base(other, loaded.model, quantized)
     elif fmt is not None:
         other = copy.deepcopy(loaded.model)
         quantize_(other, _config(fmt, override, target, exclude))
@@ -208,7 +210,7 @@ def eval_cmd(
         result = compare_encoders(loaded.model, other, loaded.tokenizer, paragraphs, batch_size=batch_size,
                                   max_length=loaded.max_length, total=limit, progress=True)  # fmt: skip
     if as_json:
-        typer.echo(json.dumps(dataclasses.asdict(result)))
+        typer.echo(json.dumps(dataclasses.asdict(result), allow_nan=False))  # strict JSON: NaN was refused above
         return
     console.print(_result_table(f"{model_dir} on {text.name}", result))
 

@@ -22,7 +22,7 @@ from wquant.data import token_windows
 from wquant.errors import ParameterError
 from wquant.models.bits import model_bits
 from wquant.progress import progress_bar
-from wquant.validation import check_int_range
+from wquant.validation import check_int_range, check_model_output
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def _batches(windows: list[torch.Tensor], batch_size: int) -> list[torch.Tensor]
 
 
 def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=ids).logits[:, :-1].float()
+    return check_model_output(model(input_ids=ids).logits[:, :-1].float(), f"{type(model).__name__}'s logits")
 
 
 def _nll_sum(logits: torch.Tensor, ids: torch.Tensor) -> float:

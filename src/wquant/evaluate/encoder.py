@@ -18,7 +18,7 @@ from wquant.errors import ParameterError
 from wquant.models.bits import model_bits
 from wquant.models.hf import sentence_embeddings
 from wquant.progress import progress_bar
-from wquant.validation import check_int_range
+from wquant.validation import check_int_range, check_model_output
 
 _NEIGHBOUR_CHUNK = 1024
 
@@ -65,7 +65,8 @@ def _embed_stream(
 
     def flush() -> None:
         for model, out in zip(models, parts, strict=True):
-            out.append(sentence_embeddings(model, tokenizer, batch, batch_size=batch_size, max_length=max_length))
+            embedded = sentence_embeddings(model, tokenizer, batch, batch_size=batch_size, max_length=max_length)
+            out.append(check_model_output(embedded, f"{type(model).__name__}'s sentence embeddings"))
         advance(len(batch))
         batch.clear()
 

@@ -338,3 +338,22 @@ def _assign(net: nn.Module, tensors: dict[str, torch.Tensor], aliases: dict[str,
     missing = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t is not None and t.is_meta]
     if missing:
         raise CorruptDataError(f"checkpoint lacks tensors {missing[:5]} that the architecture needs")
+
+
+def check_matches_base(quantized: nn.Module, base: nn.Module, folder: str | os.PathLike[str]) -> None:
+    """Refuse comparing a checkpoint with a base model it was not made from (shapes would fail mid-evaluation)."""
+
+    def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+        out = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
+        for path, module in quantized_modules(model):
+            out[f"{path}.weight"] = tuple(module.weight.shape)
+        return out
+
+    mine, theirs = shapes(quantized), shapes(base)
+    differ = sorted(n for n in mine.keys() | theirs.keys() if mine.get(n) != theirs.get(n))
+    if differ:
+        name = differ[0]
+        raise ParameterError(
+            f"{folder} was not made from this model: {len(differ)} weights differ, e.g. {name} is "
+            f"{mine.get(name, 'absent')} there and {theirs.get(name, 'absent')} here; quantize this model instead"
+        )
