@@ -113,11 +113,6 @@ class NUPESConfig:
         target = NUPESConfig.from_format(spec)
         return replace(self, bits=target.bits, scaling=target.scaling, exponent=target.exponent)
 
-    @property
-    def format_family(self) -> str:
-        return f"pow<a>:{self.bits}/{self.scaling}"
-
-
 @dataclass(frozen=True)
 class NUPESResult:
     quantized: QuantizedTensor

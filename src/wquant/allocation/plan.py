@@ -58,10 +58,6 @@ class CandidateTable:
     def min_bits_per_param(self) -> float:
         return (self.fixed_bits + sum(min(c.bits for c in t.candidates) for t in self.tensors)) / self.params
 
-    def max_bits_per_param(self) -> float:
-        return (self.fixed_bits + sum(max(c.bits for c in t.candidates) for t in self.tensors)) / self.params
-
-
 @dataclass(frozen=True)
 class TensorPlan:
     name: str

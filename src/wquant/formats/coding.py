@@ -228,11 +228,6 @@ class CodedSize:
     def total_bits(self) -> int:
         return self.header_bits + self.table_bits + self.padding_bits + self.payload_bits + self.checksum_bits
 
-    @property
-    def bits_per_symbol(self) -> float:
-        return self.total_bits / self.n_symbols
-
-
 # --------------------------------------------------------------------------------------------------------
 # Byte and bit helpers
 # --------------------------------------------------------------------------------------------------------

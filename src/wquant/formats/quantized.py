@@ -188,10 +188,6 @@ class QuantizedTensor:
     def bits_per_param(self) -> float:
         return self.bits() / self.numel
 
-    def resident_bytes(self) -> int:
-        """Bytes the fields take in memory (each field packed on its own: at most a byte over bits/8 each)."""
-        return sum(t.numel() * t.element_size() for t in self.state().values())
-
     # ------------------------------------------------------------------------------------------ decoding
 
     def dequantize(self) -> torch.Tensor:

@@ -178,10 +178,6 @@ class Scaling:
     def has_offsets(self) -> bool:
         return self.rule in OFFSET_RULES
 
-    def fields_per_group(self) -> int:
-        """Fields stored per group: a scale, plus a zero offset (minmax) or zero point (zeropoint)."""
-        return 2 if self.has_offsets else 1
-
     def offset_bits(self, book: Codebook) -> int:
         """Width of the second field: a scale-format number (minmax) or an element code (zeropoint)."""
         return book.code_bits if self.rule == "zeropoint" else self.scale_format.bits

@@ -160,10 +160,6 @@ def _capture_inputs(model: nn.Module, block: nn.Module, batches: Sequence[Batch]
     return captured
 
 
-def _hidden(inputs: _Inputs) -> torch.Tensor:
-    return inputs.args[0] if inputs.args else inputs.kwargs["hidden_states"]
-
-
 def _next_inputs(block: nn.Module, inputs: _Inputs) -> _Inputs:
     """The next block's inputs: this block's output hidden states, every other argument unchanged."""
     out = block(*inputs.args, **inputs.kwargs)

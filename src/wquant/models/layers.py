@@ -21,9 +21,6 @@ from wquant.errors import CorruptDataError, ParameterError
 from wquant.formats import QuantizedTensor, parse_spec
 from wquant.formats.quantized import FIELDS
 
-#: How a replaced module lays out its weight. "transposed" is transformers' Conv1D (GPT-2), whose weight is
-#: (in, out); wquant stores it as (out, in) so quantization groups run along the input dimension.
-LAYOUTS = ("linear", "transposed", "embedding")
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
 
 

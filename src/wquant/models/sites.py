@@ -59,10 +59,6 @@ class WeightSite:
         """The targets every use of the weight answers to (a tied embedding/head needs both)."""
         return frozenset(target_of(kind) for _, kind in self.users)
 
-    @property
-    def tied(self) -> bool:
-        return len(self.users) > 1 or bool(self.foreign)
-
     def weight(self) -> torch.Tensor:
         """The weight in wquant's storage layout (out, in): Conv1D's (in, out) is transposed."""
         w = self.module.weight.detach()
