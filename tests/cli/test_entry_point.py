@@ -26,3 +26,13 @@ def test_third_party_notices_are_silenced_but_wquant_warnings_are_not(caplog) ->
         warnings.warn_explicit("renamed", FutureWarning, "spec.py", 1, module="wquant.formats.spec")
     assert [r.getMessage() for r in caplog.records] == ["wquant's own log line"]
     assert sorted(str(w.message) for w in seen) == ["damping raised", "renamed"]
+
+
+def test_flags_show_no_value_type_in_help() -> None:
+    from typer.testing import CliRunner
+
+    from wquant.cli.main import app
+
+    for argv in (["--help"], ["quantize", "--help"], ["study", "--help"]):
+        result = CliRunner().invoke(app, argv, env={"COLUMNS": "160"})
+        assert result.exit_code == 0 and "--help" in result.stdout and "<bool>" not in result.stdout, argv

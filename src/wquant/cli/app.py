@@ -42,14 +42,28 @@ def _invoke_reporting(invoke: Callable[[click.Context], Any], ctx: click.Context
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
+def _untyped_flags(params: list[click.Parameter]) -> list[click.Parameter]:
+    """Flags (--force, --help) take no value, so help shows no `<bool>` type tag beside them."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:  # typer vendors its own click classes
+            param.metavar = ""
+    return params
+
+
 class _Command(TyperCommand):
     def invoke(self, ctx: click.Context) -> Any:
         return _invoke_reporting(super().invoke, ctx)
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        return _untyped_flags(super().get_params(ctx))
 
 
 class _Group(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         return _invoke_reporting(super().invoke, ctx)
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        return _untyped_flags(super().get_params(ctx))
 
 
 class WquantApp(typer.Typer):
