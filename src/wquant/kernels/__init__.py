@@ -10,8 +10,8 @@ every kernel is tested against, and serves any layout no kernel accepts.
 >>> kernel = select_kernel(q, torch.float32); state = kernel.prepare(q); y = kernel.linear(x, state, bias)
 """
 
-from wquant.kernels.registry import KERNELS, Kernel, RuntimeState, register_kernel, select_kernel
 from wquant.kernels import int4_cpu, int8_cpu, table  # noqa: F401  (registration, in preference order)
 from wquant.kernels.reference import REFERENCE
+from wquant.kernels.registry import KERNELS, Kernel, RuntimeState, register_kernel, select_kernel
 
 __all__ = ["KERNELS", "REFERENCE", "Kernel", "RuntimeState", "register_kernel", "select_kernel"]
