@@ -55,9 +55,34 @@ def check_writable_dir(path: str | os.PathLike[str], what: str = "--out") -> Pat
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
         raise ParameterError(f"{what} {folder}: {existing} is a file, not a folder; choose another {what}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ParameterError(f"cannot write to {existing}: permission denied; choose another {what}")
+    _probe_writable(existing, what)
     return folder
+
+
+def check_output_file(path: str | os.PathLike[str], what: str, suffixes: tuple[str, ...] = ()) -> Path:
+    """Refuse, before any work, an output file that could not be written: a wrong suffix, a folder, a file
+    where a folder is needed, or a place we may not write (read-only, no permission). Creates nothing."""
+    target = Path(path).expanduser()
+    if suffixes and target.suffix.lower() not in suffixes:
+        raise ParameterError(f"{what}={str(path)!r} is invalid: the file must end in {', '.join(suffixes)}")
+    if target.is_dir():
+        raise ParameterError(f"{what}={str(path)!r} is invalid: it is a folder; give a file name")
+    folder = target.parent.absolute()
+    while not folder.exists():  # atomic_write creates missing folders; the first existing one must be writable
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ParameterError(f"cannot write {what}={str(path)!r}: {folder} is a file, not a folder; choose another")
+    _probe_writable(folder, f"{what}={str(path)!r}")
+    return target
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    """Create and drop an anonymous file in `folder`: the one test that also sees read-only file systems."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ParameterError(f"cannot write {what} in {folder}: {exc.strerror or exc}; choose another") from None
 
 
 def check_output_folder(out_dir: str | os.PathLike[str], *, force: bool = False) -> Path:

@@ -80,3 +80,18 @@ def test_refuses(row: Hostile, tmp_path: Path) -> None:
 def test_version_prints_the_package_version() -> None:
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout == f"wquant {__version__}\n"
+
+
+PLOT_ROWS = [
+    Hostile("compare-plot-unknown-suffix", ("formats", "compare", "-f", "nf4", "--n", "4096", "--plot", "{tmp}/rd.gif"),
+            r"--plot=.*rd\.gif' is invalid: the file must end in \.png", 2),
+    Hostile("compare-plot-in-a-file", ("formats", "compare", "-f", "nf4", "--n", "4096", "--plot",
+            "{tmp}/text.txt/rd.png"), r"text\.txt is a file, not a folder", 2, "text"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("row", PLOT_ROWS, ids=[r.id for r in PLOT_ROWS])
+def test_plot_refused_before_any_work(row: Hostile, tmp_path: Path) -> None:
+    if row.setup:
+        globals()[row.setup](tmp_path)
+    run_refused(row, tmp_path)

@@ -43,12 +43,13 @@ ROWS = [
             r"gamma=1e-300 is invalid: .*\[0.01, 100\]", 2),
     # --plot refused before any work (the setup makes every solver raise if called)
     Hostile("plot-parent-is-a-file", (*SMALL_PD, "--plot", "{tmp}/file.txt/fig.png"),
-            r"cannot write --plot=.*file\.txt/fig\.png.*Not a directory; choose another --plot", 2, "no_work"),
+            r"cannot write --plot=.*file\.txt/fig\.png.*file\.txt is a file, not a folder; choose another", 2,
+            "no_work"),
     Hostile("plot-unknown-suffix", (*SMALL_PD, "--plot", "{tmp}/fig.gif"),
-            r"--plot=.*fig\.gif' is invalid: the figure file must end in \.png, \.pdf, \.svg", 2, "no_work"),
+            r"--plot=.*fig\.gif' is invalid: the file must end in \.png, \.pdf, \.svg", 2, "no_work"),
     Hostile("plot-no-suffix", ("theory", "vs-width", "--plot", "{tmp}/fig"), r"must end in \.png", 2, "no_work"),
     Hostile("plot-vs-alpha-parent-is-a-file", ("theory", "vs-alpha", "--plot", "{tmp}/file.txt/f.svg"),
-            r"Not a directory", 2, "no_work"),
+            r"file\.txt is a file, not a folder", 2, "no_work"),
     Hostile("plot-amp-unknown-suffix", ("theory", "amp", "--plot", "{tmp}/a.jpeg"), r"must end in \.png", 2,
             "no_work"),
     # already refused before this change

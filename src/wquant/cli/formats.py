@@ -17,6 +17,7 @@ from wquant.formats import PRESETS, quantize
 from wquant.formats.compare import bound_samples, compare_formats, load_tensor, sample_source, standard_formats
 from wquant.formats.scaling import SCALE_RULES
 from wquant.formats.spec import ELEMENT_FORMS
+from wquant.io import check_output_file
 
 app = WquantApp(help="Weight formats: list them, compare them.")
 console = stdout_console()
@@ -52,7 +53,7 @@ def compare(
     n: Annotated[int, typer.Option(help="samples drawn for a distribution")] = 2**20,
     seed: Annotated[int, typer.Option(help="seed of the samples")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object per format")] = False,
-    plot: Annotated[str | None, typer.Option(help="also draw rate vs distortion with R(D) to this PNG/SVG")] = None,
+    plot: Annotated[str | None, typer.Option(help="also draw rate vs distortion with R(D) to .png/.svg/.pdf")] = None,
 ) -> None:
     """Quantize one tensor with several formats: bits/param (all-in), relative MSE, SQNR, gap to R(D).
 
@@ -62,6 +63,8 @@ def compare(
       wquant formats compare -f "uniform@3.5/tensor:rms+coded" -f int4-g128   # coded to a 3.5-bit budget
       wquant formats compare --dist model.safetensors:layers.0.mlp.weight --bits 3
     """
+    if plot:
+        check_output_file(plot, "--plot", (".png", ".svg", ".pdf"))
     if dist.endswith(".safetensors") or ".safetensors:" in dist:
         x, source = load_tensor(dist), None
     else:

@@ -7,7 +7,6 @@ beta is the inverse temperature of the Gibbs measure (inf = zero-temperature ERM
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +16,7 @@ from rich.table import Table
 
 from wquant.cli.app import WquantApp, stdout_console
 from wquant.errors import ParameterError
+from wquant.io import check_output_file
 
 app = WquantApp(help="Typical-case theory of linear regression with quantized weights.")
 console = stdout_console()
@@ -84,30 +84,8 @@ def _sweep_bits(bits: list[int], name: str) -> list[int]:
 
 
 def _plot_target(path: str | None) -> Path | None:
-    """Check --plot before any work: a known figure suffix, not a folder, inside a folder we can write to.
-
-    Nothing is left behind by the check (the probe file is anonymous and deleted on close).
-    """
-    if not path:
-        return None
-    target = Path(path).expanduser()
-    if target.suffix.lower() not in FIGURE_SUFFIXES:
-        raise ParameterError(f"--plot={path!r} is invalid: the figure file must end in {', '.join(FIGURE_SUFFIXES)}")
-    if target.is_dir():
-        raise ParameterError(f"--plot={path!r} is invalid: it is a folder; give a file name")
-    folder = target.parent.absolute()
-    while not folder.exists():  # atomic_write creates missing folders; the first existing one must be writable
-        folder = folder.parent
-    try:
-        if not folder.is_dir():
-            raise NotADirectoryError(20, "Not a directory")
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise ParameterError(
-            f"cannot write --plot={path!r} in {folder}: {exc.strerror or exc}; choose another --plot"
-        ) from None
-    return target
+    """Check --plot before any work (suffix, folder, permissions); nothing is created by the check."""
+    return None if not path else check_output_file(path, "--plot", FIGURE_SUFFIXES)
 
 
 def _fmt(x: float) -> str:
