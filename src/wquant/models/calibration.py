@@ -190,7 +190,7 @@ def _group_statistics(
     target = pending[0]
     group = [target]
     acc = HessianAccumulator(name=prefix + target)
-    state: dict[str, Any] = {"key": None, "input": None, "mask": None}
+    state: dict[str, Any] = {"key": None, "input": None, "mask": None, "known": False, "seen": set()}
 
     def make_hook(path: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
         def hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
@@ -204,6 +204,9 @@ def _group_statistics(
                     raise _Stop
                 if path not in group:
                     group.append(path)
+            state["seen"].add(path)
+            if state["known"] and state["seen"] >= set(group):  # the first pass found the whole group: cut now
+                raise _Stop
 
         return hook
 
@@ -211,11 +214,12 @@ def _group_statistics(
     try:
         for run, mask in passes:
             state["key"] = state["input"] = None
-            state["mask"] = mask
+            state["mask"], state["seen"] = mask, set()
             try:
                 run()
             except _Stop:
                 pass
+            state["known"] = state["key"] is not None
     finally:
         for handle in handles:
             handle.remove()
