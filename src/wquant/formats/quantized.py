@@ -204,7 +204,7 @@ class QuantizedTensor:
         decoded whole (a coded stream has no row index).
         """
         n_rows, cols = view_2d(self.shape)
-        rows = rows.reshape(-1).to(torch.int64)
+        rows = rows.reshape(-1).to(torch.int64).cpu()  # scales are decoded on the CPU; codes stay on their device
         book = self.codebook()
         row_bits = cols * book.code_bits
         if self.spec.coding is None and row_bits % 8 == 0:

@@ -29,7 +29,7 @@ from wquant.errors import ConfigWarning, ParameterError, SpecError, TensorError,
 from wquant.formats import DEFAULT_FORMAT, FormatSpec
 from wquant.models.calibration import Batch, calibrate
 from wquant.models.layers import PackedWeight, QuantizedEmbedding, QuantizedLinear, packed_weights
-from wquant.models.sites import TARGET_KINDS, WeightSite, matches, set_submodule, weight_sites
+from wquant.models.sites import TARGET_KINDS, WeightSite, matches, set_submodule, target_of, weight_sites
 
 #: An override value that keeps the matched modules unquantized.
 KEEP = "none"
@@ -147,8 +147,8 @@ def quantize_(
     batches = None if calibration is None else list(calibration)
     if batches is not None and not batches:
         raise ParameterError("calibration is empty; give at least one batch (or calibration=None for data-free)")
-    if batches is None and (needy := [s.path for s, c in plan if c.needs_calibration]):
-        raise ParameterError(f"{type(plan[0][1]).__name__} on {needy[0]} needs calibration batches")
+    if batches is None and (needy := [(s.path, c) for s, c in plan if c.needs_calibration]):
+        raise ParameterError(f"{type(needy[0][1]).__name__} on {needy[0][0]} needs calibration batches")
     if any(s.module is model for s, _ in plan):
         raise ParameterError("quantize_ replaces submodules; wrap a bare layer in nn.Sequential first")
 
@@ -187,9 +187,9 @@ def _plan(model: nn.Module, config: QuantizeConfig, say: Callable[[str], None]) 
     """(site, tensor config) of every selected weight, checked for ties wquant cannot keep."""
     plan = []
     sites = weight_sites(model, TARGET_KINDS)
-    _warn_unmatched(config, [p for s in sites for p, kind in s.users if _target(kind) in config.targets])
+    _warn_unmatched(config, [p for s in sites for p, kind in s.users if target_of(kind) in config.targets])
     for site in sites:
-        chosen = [p for p, kind in site.users if _target(kind) in config.targets and config.selects(p)]
+        chosen = [p for p, kind in site.users if target_of(kind) in config.targets and config.selects(p)]
         if not chosen:
             continue
         cfg = config.config_for(chosen[0])
@@ -219,10 +219,6 @@ def _warn_unmatched(config: QuantizeConfig, paths: list[str]) -> None:
                           ConfigWarning, stacklevel=4)  # fmt: skip
 
 
-def _target(kind: str) -> str:
-    return "embedding" if kind == "embedding" else "linear"
-
-
 def _data_free_site(site: WeightSite) -> bool:
     """Embeddings take ids, not activations, and a tied weight has no one input: their data-free form is used."""
     return site.kind == "embedding" or len(site.users) > 1
@@ -234,6 +230,7 @@ def _quantize_site(
     """Quantize one weight and swap in quantized modules for all its users; `cache` keeps the decoded weight
     for the calibration passes still to come (cleared when the walk ends)."""
     start = time.perf_counter()
+    device = site.module.weight.device
     weight = site.weight().cpu().contiguous()
     try:
         result = quantize_weight(weight, config, hessian, name=site.name)
@@ -241,7 +238,7 @@ def _quantize_site(
         message = str(exc) if site.name in str(exc) else f"{site.name}: {exc}"
         raise type(exc)(f"{message} (shape {tuple(weight.shape)})") from None
     stored = result.tensor
-    packed = PackedWeight(stored)
+    packed = PackedWeight(stored).to(device)  # the packed fields live where the weight lived
     packed.cache = cache
     for path, kind in site.users:
         old = model.get_submodule(path)
