@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wquant.errors import TensorError
+from wquant.errors import ScaleRangeError, TensorError
 from wquant.formats.codebook import Codebook
 from wquant.formats.grids import UniformGrid
 from wquant.formats.grouping import (
@@ -287,7 +287,7 @@ def check_scale_range(layout: TensorLayout, x: torch.Tensor, name: str) -> None:
     if bool(bad.any()) and float(raw[bad].max()) >= SCALE_RANGE_RELEVANCE * peak:
         fmt = sc.scale_format.name
         worst = float(raw[bad].max())
-        raise TensorError(
+        raise ScaleRangeError(
             f"{name}: {int(bad.sum())} of {raw.numel()} group scales (up to {worst:.3g}) are out of the range of "
             f"{fmt} scales and would store as {float(stored[bad].max()):.3g}, wrecking those groups; use a wider "
             "scale format (bf16 or fp32 cover 1e-38..3e38) or rescale the tensor"
