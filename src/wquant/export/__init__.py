@@ -1,0 +1,1 @@
+"""Exporters: wquant's stored codes and scales written into the files inference engines read."""
