@@ -73,7 +73,7 @@ def _crumbs(q: np.ndarray) -> np.ndarray:
 
 
 def _bitplane(bits: np.ndarray, width: int) -> np.ndarray:
-    """(n, 8·width) single bits → (n, width) bytes: bit 32s + j... value s·width + j at bit s of byte j."""
+    """(n, 8·width) single bits → (n, width) bytes: value s·width + j at bit s of byte j."""
     planes = (bits.reshape(-1, 8, width) & 1) << np.arange(8).reshape(1, 8, 1)
     return planes.sum(axis=1).astype(np.uint8)
 

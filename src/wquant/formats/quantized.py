@@ -228,9 +228,7 @@ class QuantizedTensor:
     def dequantize(self) -> torch.Tensor:
         """The tensor as stored, in its original shape and dtype, on the device the fields are on."""
         rows, cols = view_2d(self.shape)
-        return self._decode(self.codes.reshape(rows, cols), self.scales(), self.offsets(), None).reshape(
-            self.shape
-        )
+        return self._decode(self.codes.reshape(rows, cols), self.scales(), self.offsets(), None).reshape(self.shape)
 
     def dequantize_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Only the given rows of the (out, in) view, shape (len(rows), in): an embedding looks up no more.

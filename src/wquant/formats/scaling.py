@@ -209,13 +209,14 @@ class Scaling:
         if self.rule not in SCALE_RULES:
             raise SpecError(f"scale rule {self.rule!r} unknown; valid: {', '.join(SCALE_RULES)}")
         if self.rule == "signmax" and not self.scale_format.signed:
-            raise SpecError(f"signmax gives negative scales; {self.scale_format.name} is unsigned, use "
-                            f"{'i' + str(self.scale_format.bits) if self.scale_format.is_integer else 'bf16/fp16/fp32'}")  # fmt: skip
+            signed = f"i{self.scale_format.bits}" if self.scale_format.is_integer else "bf16/fp16/fp32"
+            raise SpecError(f"signmax gives negative scales; {self.scale_format.name} is unsigned, use {signed}")
         if self.super_size is not None:
             self._check_two_level()
         elif self.scale_format.is_integer:
+            example = f"block32:{self.rule}:{self.scale_format.name}/super256:fp16"
             raise SpecError(f"{self.scale_format.name} scales are integer multiples of a super-block scale; add "
-                            f"/super<S>:fp16 (e.g. block32:{self.rule}:{self.scale_format.name}/super256:fp16)")  # fmt: skip
+                            f"/super<S>:fp16 (e.g. {example})")  # fmt: skip
         elif self.rule == "minmax" and self.scale_format.name not in _IEEE_SCALES:
             raise SpecError("minmax stores a zero offset beside the scale; use an fp32, fp16 or bf16 scale format")
 

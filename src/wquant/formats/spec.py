@@ -220,8 +220,13 @@ class FormatSpec:
                 raise SpecError(f"element kind {kind!r} unknown; valid: FloatGrid, {', '.join(sorted(kinds))}")
             sc = dict(data["scaling"])
             scaling = Scaling(
-                sc["granularity"], sc["block_size"], sc["rule"], ScaleFormat(sc["scale_format"]), bool(sc["search"]),
-                sc.get("super_size"), ScaleFormat(sc.get("super_format") or "fp16"),
+                sc["granularity"],
+                sc["block_size"],
+                sc["rule"],
+                ScaleFormat(sc["scale_format"]),
+                bool(sc["search"]),
+                sc.get("super_size"),
+                ScaleFormat(sc.get("super_format") or "fp16"),
             )
             out = data.get("outliers")
             outliers = None if out is None else OutlierSpec(float(out["ratio"]), ScaleFormat(out["value_format"]))
