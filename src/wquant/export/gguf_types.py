@@ -225,8 +225,6 @@ GGUF_TYPES: dict[str, GGUFType] = {
         GGUFType("IQ4_XS", "iq4_xs", 256, 136, _iq4_xs),
     )
 }
-#: The ladder of GGUF types Fisher allocation chooses from by default (`wquant advise --formats gguf`).
-GGUF_LADDER = ("q2_k", "q3_k", "iq4_xs", "q4_k", "q5_k", "q6_k", "q8_0")
 _SCALE_ONLY = ("absmax", "signmax", "span", "rms")
 
 

@@ -70,6 +70,9 @@ PRESETS: dict[str, str] = {
     "iq4_xs": "iq4nl/block32:signmax:i6/super256:fp16",  # 136 B / 256: 4.25
 }
 
+#: The GGUF types Fisher allocation chooses from for `--formats gguf` (llama.cpp's ladder, Q2_K … Q8_0).
+GGUF_LADDER = ("q2_k", "q3_k", "iq4_xs", "q4_k", "q5_k", "q6_k", "q8_0")
+
 #: What llama.cpp stores a tensor as when its rows do not hold whole blocks of the asked type.
 FALLBACKS: dict[str, str] = {
     "q2_k": "iq4_nl", "q3_k": "iq4_nl", "iq4_xs": "iq4_nl", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0",
@@ -346,6 +349,8 @@ def parse_spec(text: str | FormatSpec) -> FormatSpec:
     if raw.lower() in PRESETS:
         raw = PRESETS[raw.lower()]
     main, *mods = raw.split("+")
+    if main.strip().lower() in PRESETS:  # a preset with modifiers, e.g. q4_0+outliers0.001
+        main = PRESETS[main.strip().lower()]
     search, outliers, coding = False, None, None
     for mod in mods:
         mod = mod.strip().lower()
@@ -378,3 +383,15 @@ def _preset_names() -> dict[str, str]:
         for name, text in PRESETS.items():
             _PRESET_NAMES.setdefault(parse_spec(text).to_string(), name)
     return _PRESET_NAMES
+
+
+def fallback_spec(spec: FormatSpec | str, shape: tuple[int, ...]) -> FormatSpec | None:
+    """The format llama.cpp would store `shape` as instead of a two-level preset whose super-block does not
+    divide its rows (Q4_K → Q5_0, Q6_K → Q8_0, Q2_K/Q3_K/IQ4_XS → IQ4_NL), or None if there is none."""
+    name = preset_name(spec)
+    fallback = FALLBACKS.get(name or "")
+    if fallback is None:
+        return None
+    cols = math.prod(shape[1:]) if len(shape) > 1 else (shape[0] if shape else 1)
+    block = parse_spec(fallback).scaling.block_size or 1
+    return parse_spec(fallback) if cols % block == 0 else None
