@@ -164,3 +164,22 @@ def test_gptq_refuses_a_zero_point_of_zero(tmp_path) -> None:  # noqa: ANN001
     quantize_(model, QuantizeConfig("gptq-int4-g128", include=("*down_proj",)))
     with pytest.raises(SpecError, match="zero point of 0"):
         export(Source(model, tok, tmp_path, True), "gptq", tmp_path / "z")
+
+
+def test_transformers_loads_the_compressed_tensors_folder(tmp_path) -> None:  # noqa: ANN001
+    """transformers + compressed-tensors reproduce wquant's logits (fp32 scales: exactly; symmetric int layers).
+
+    Asymmetric layers are not loaded this way here: transformers 5.24 with compressed-tensors 0.20.0 expects the
+    zero point unpacked (out, groups) while compressed-tensors' own compressor packs it (⌈out·b/32⌉, groups) —
+    the layout this exporter writes and `test_compressed_tensors_decompressors_reproduce_the_weights` checks.
+    """
+    pytest.importorskip("compressed_tensors")
+    from transformers import AutoModelForCausalLM
+
+    model, tok = _model({"*k_proj": "int8:asym/channel:absmax:fp32", "lm_head": "none"},
+                        default="int4:asym/block32:span:fp32")  # fmt: skip
+    export(Source(model, tok, tmp_path, True), "compressed-tensors", tmp_path / "ct")
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ct"), dtype=torch.float32).eval()
+    ids = torch.tensor([tok("the quick brown fox")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, model(ids).logits, rtol=0, atol=1e-6)
