@@ -54,3 +54,9 @@ def test_nupes_learns_codes_on_a_gguf_grid():
     result = nupes(w, config, hessian=h)
     assert result.quantized.spec == parse_spec("q4_k") and math.isnan(result.exponent)
     assert result.error_final <= result.error_rounded
+
+
+def test_nupes_keeps_power_grids_where_the_gguf_type_has_one():
+    assert NUPESConfig.from_format("q4_0").grid == parse_spec("q4_0").to_string()  # int4:asym: no power form
+    assert NUPESConfig.from_format("iq4_xs").grid is not None
+    assert NUPESConfig.from_format("q8_0").grid is None  # int8 sym: the exponent is searched, as before

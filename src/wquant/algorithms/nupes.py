@@ -43,12 +43,10 @@ from wquant.formats import (
     prepare_layout,
     quantize,
 )
-from wquant.formats.spec import PRESETS, parse_scaling, preset_name
+from wquant.formats.spec import GGUF_PRESETS, parse_scaling, preset_name
 from wquant.validation import check_int_range, check_positive
 
 SearchObjective = Literal["weight", "output"]
-#: Presets with no power-grid form that NUPES learns codes on as they are (the GGUF types).
-GGUF_PRESETS = tuple(name for name in PRESETS if name[:2] in ("q2", "q3", "q4", "q5", "q6", "q8", "iq", "tq"))
 Init = Literal["rtn", "gptq"]
 
 
@@ -105,13 +103,14 @@ class NUPESConfig:
     @staticmethod
     def from_format(spec: FormatSpec | str, **options: object) -> NUPESConfig:
         """NUPES on the bits and scaling of `spec`: a symmetric int grid (exponent searched) or a power grid
-        pow<a>:<b> (exponent a kept). Other grids and modifiers have no power-grid form and are refused."""
+        pow<a>:<b> (exponent a kept). A GGUF type with no power form (q4_0, q4_k, iq4_xs, ...; any two-level
+        format) keeps its grid, and only the codes are learned. Other grids and modifiers are refused."""
         spec = parse_spec(spec)
         element = spec.element
-        if preset_name(spec) in GGUF_PRESETS or spec.scaling.two_level:  # a fixed (GGUF) grid: learn codes on it
+        usable = isinstance(element, PowerGrid) or (isinstance(element, IntGrid) and element.variant == "sym")
+        if spec.scaling.two_level or (not usable and preset_name(spec) in GGUF_PRESETS):
             return NUPESConfig(**{"bits": min(max(element.bits, 2), 16), "grid": spec.to_string(),
                                   **options})  # type: ignore[arg-type]  # fmt: skip
-        usable = isinstance(element, PowerGrid) or (isinstance(element, IntGrid) and element.variant == "sym")
         if not usable or spec.outliers is not None or spec.coding is not None or spec.scaling.search:
             raise SpecError(
                 f"NUPES quantizes onto a power grid pow<a>:<bits>; {spec.to_string()!r} has no such form. Give a "

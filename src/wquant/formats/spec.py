@@ -70,6 +70,10 @@ PRESETS: dict[str, str] = {
     "iq4_xs": "iq4nl/block32:signmax:i6/super256:fp16",  # 136 B / 256: 4.25
 }
 
+#: Presets that are GGUF tensor types (their stored fields are a GGUF block's; wquant.export.gguf_types).
+GGUF_PRESETS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "mxfp4", "tq2_0", "q2_k", "q3_k", "q4_k", "q5_k",
+                "q6_k", "iq4_xs")  # fmt: skip
+
 #: The GGUF types Fisher allocation chooses from for `--formats gguf` (llama.cpp's ladder, Q2_K … Q8_0).
 GGUF_LADDER = ("q2_k", "q3_k", "iq4_xs", "q4_k", "q5_k", "q6_k", "q8_0")
 
