@@ -29,6 +29,7 @@ LLAMA_CPP_PYTHON = "0.3.36"
 CACHE = Path(os.environ.get("WQUANT_LLAMA_CPP_CACHE", "~/.cache/wquant/llama-cpp")).expanduser()
 TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 KL_LIMIT = 1e-4
+F32 = 0  # GGML_TYPE_F32: a float32 KV cache, so the comparison measures the weights, not an f16 cache
 COSINE_LIMIT = 0.9999
 TESTBED = {"hidden_size": 256, "layers": 2, "heads": 4, "intermediate_size": 512, "steps": 300, "threads": 1}
 MIXED = {
@@ -95,7 +96,7 @@ def check_testbed(llama_cpp, work: Path, tokens: int) -> list[dict[str, object]]
         with torch.inference_mode():
             ours = model(torch.tensor([ids])).logits[0].float().numpy()
         llm = llama_cpp.Llama(str(path), n_ctx=max(256, len(ids) + 8), logits_all=True, n_threads=2,
-                              n_batch=512, verbose=False)  # fmt: skip
+                              n_batch=512, verbose=False, type_k=F32, type_v=F32)  # fmt: skip
         same_ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)[: len(ids)] == ids
         llm.reset()
         llm.eval(ids)

@@ -60,3 +60,11 @@ def test_nupes_keeps_power_grids_where_the_gguf_type_has_one():
     assert NUPESConfig.from_format("q4_0").grid == parse_spec("q4_0").to_string()  # int4:asym: no power form
     assert NUPESConfig.from_format("iq4_xs").grid is not None
     assert NUPESConfig.from_format("q8_0").grid is None  # int8 sym: the exponent is searched, as before
+
+
+def test_hqq_refuses_two_level_scales_with_what_to_use():
+    from wquant.algorithms.hqq import HQQConfig
+    from wquant.errors import SpecError
+
+    with pytest.raises(SpecError, match="GPTQ or rtn-search"):
+        HQQConfig("q4_k")
