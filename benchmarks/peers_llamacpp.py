@@ -5,8 +5,7 @@ is llama-perplexity's `--kl-divergence` statistic, the mean over held-out tokens
 with the F32 file (wquant's unquantized export) as reference. llama.cpp side: `llama_model_quantize` with the
 Q3_K_M, Q4_K_M, IQ4_XS and Q5_K_M recipes, **without** an importance matrix (the Python bindings cannot pass
 one and the imatrix tool is not built). wquant side, at the same tensor bytes: a Fisher mix of GGUF types
-(`advise --formats gguf`) quantized with GPTQ on the training text. `--write` replaces its section of
-BENCHMARKS.md.
+(`advise --formats gguf`) quantized with GPTQ on the training text. `--json FILE` writes the rows.
 """
 
 from __future__ import annotations
