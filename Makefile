@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 TORCH := torch==2.13.0
 
-.PHONY: demo test slow fuzz lint bench bench-models clean venv
+.PHONY: demo test slow fuzz lint bench bench-models interop clean venv
 
 venv: $(STAMP)
 
@@ -47,6 +47,11 @@ bench: venv
 bench-models: venv
 	$(BIN)/python -m pip install -q -e ".[dev,bench]" $(TORCH)
 	nice -n 10 $(BIN)/python benchmarks/models.py --paragraphs 300
+
+# llama.cpp runs the GGUF files wquant exports (testbed logits KL, MiniLM embedding cosine). Not part of `make test`:
+# the first run builds llama.cpp from the llama-cpp-python sdist into ~/.cache/wquant/llama-cpp (~15 min on 2 cores)
+interop: venv
+	nice -n 10 $(BIN)/python benchmarks/interop_llamacpp.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

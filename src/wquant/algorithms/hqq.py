@@ -46,6 +46,11 @@ class HQQConfig:
                 "none; use the minmax rule (real-valued zero offset, e.g. int4:unsigned/block64:minmax:bf16) or "
                 "zeropoint (integer zero point, e.g. int4:unsigned/block128:zeropoint:fp16)"
             )
+        if self.spec.scaling.two_level:
+            raise SpecError(
+                f"HQQ moves each group's zero freely; {self.spec.to_string()!r} stores zeros as integers under a "
+                "super-block number (two-level scaling). Use GPTQ or rtn-search on it, or HQQ on a single-level format"
+            )
         if check_positive(self.p, "HQQ p") >= 2.0:
             raise ParameterError(f"HQQ p must be in (0, 2) (0.7 is HQQ's default), got {self.p}")
         check_positive(self.beta, "HQQ beta")

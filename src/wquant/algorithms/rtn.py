@@ -29,6 +29,7 @@ from wquant.formats import (
     prepare_layout,
     quantize,
 )
+from wquant.formats.fit import FIT_MULTIPLIERS
 from wquant.formats.layout import reconstruct
 from wquant.validation import check_int_range, check_positive
 
@@ -121,6 +122,10 @@ def search_scales(
     mask = layout.outlier_mask()
     keep = None if mask is None else (~mask[:, : x.shape[1]]).to(x.dtype)
     weight = importance if keep is None else (keep if importance is None else importance * keep)
+    if layout.spec.scaling.two_level:  # block scales share a super-block number: fit them per block, together
+        few = np.exp(np.linspace(np.log(lo), np.log(hi), min(points, 16)))
+        fit = tuple(float(c) for c in np.unique(np.concatenate([few, FIT_MULTIPLIERS])))
+        return layout.choose_scales(x, importance=weight, candidates=fit)
     best = best_err = None
     for c in candidates:
         scales = layout.choose_scales(x, float(c))

@@ -19,9 +19,10 @@ from wquant.allocation.allocate import allocate
 from wquant.allocation.fisher import FisherConfig, FisherEstimate, Task, estimate_fisher
 from wquant.allocation.plan import Candidate, CandidateTable, Plan, TensorCandidates, Weighting
 from wquant.data import token_windows
-from wquant.errors import ParameterError, SpecError
+from wquant.errors import ParameterError, SpecError, TensorError
 from wquant.evaluate import kl_terms
 from wquant.formats import parse_spec, quantize
+from wquant.formats.spec import GGUF_LADDER, fallback_spec
 from wquant.models import sentence_embeddings, weight_sites
 from wquant.validation import check_positive
 
@@ -53,11 +54,13 @@ def _number(b: float) -> str:
 
 
 def expand_formats(formats: Sequence[str], bits: Sequence[float]) -> tuple[str, ...]:
-    """Candidate spec strings: each template with `{b}` once per bit width, others as they are; validated."""
+    """Candidate spec strings: each template with `{b}` once per bit width, `gguf` as the ladder of GGUF types
+    (Q2_K … Q8_0), others as they are; validated."""
     if not formats:
         raise ParameterError("give at least one candidate format")
     out: list[str] = []
-    for template in formats:
+    templates = [t for f in formats for t in (GGUF_LADDER if f.strip().lower() == "gguf" else (f,))]
+    for template in templates:
         specs = [template.replace("{b}", _number(b)) for b in bits] if "{b}" in template else [template]
         for spec in specs:
             try:
@@ -98,7 +101,13 @@ def measure_candidates(
         summary = fisher.tensor(site.name)
         cands = []
         for spec in specs:
-            q = quantize(w, spec, name=site.name)
+            try:
+                q = quantize(w, spec, name=site.name)
+            except TensorError:  # rows without whole super-blocks: llama.cpp's fallback type, if there is one
+                fallback = fallback_spec(spec, tuple(w.shape))
+                if fallback is None:
+                    raise
+                q = quantize(w, fallback, name=site.name)
             delta_sq = (q.dequantize().float() - w).square()
             cands.append(
                 Candidate(spec, q.spec.to_string(), q.bits(), float(delta_sq.double().sum()),

@@ -39,7 +39,9 @@ def advise_command(
     calib: Annotated[Path, typer.Option("--calib", help="calibration text (UTF-8); never the evaluation text")],
     formats: Annotated[
         list[str] | None,
-        typer.Option("--formats", "-f", help="candidate spec template, {b} expands over --bits (repeat)"),
+        typer.Option(
+            "--formats", "-f", help="candidate spec template, {b} expands over --bits (repeat); gguf: Q2_K … Q8_0"
+        ),
     ] = None,
     bits: Annotated[str, typer.Option("--bits", help="bit widths substituted for {b}")] = "2,3,4,5,6,7,8",
     mode: Annotated[
