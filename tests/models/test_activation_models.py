@@ -1,0 +1,121 @@
+"""Activation quantization and smoothing through `quantize_` on tiny in-memory models: calibrated static scales,
+exact weight bits with the activation width beside them, checkpoints that restore the input quantizers, and
+SmoothQuant/AWQ/ZeroQuant in the walk."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import wquant
+from tests.conftest import tiny_bert, tiny_llama
+from wquant.algorithms import AWQConfig, SmoothQuantConfig, ZeroQuantConfig
+from wquant.errors import ParameterError
+from wquant.models import QuantizeConfig, QuantizedLinear, load_quantized, model_bits, save_quantized
+from wquant.models.activations import InputQuantizer, input_quantizers
+
+W8 = "int8/channel:absmax:fp32"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # tiny models: a second thread only adds OpenMP waits on the shared cores
+
+
+def _batches(vocab: int, n: int = 4) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    return [torch.randint(0, vocab, (2, 24), generator=gen) for _ in range(n)]
+
+
+def test_static_activation_scales_are_calibrated_and_bits_stay_exact() -> None:
+    model = tiny_llama(tie=False)
+    batches = _batches(model.config.vocab_size)
+    seen: list[torch.Tensor] = []
+    hook = model.model.layers[0].self_attn.q_proj.register_forward_pre_hook(lambda _m, a: seen.append(a[0].detach()))
+    with torch.no_grad():
+        for b in batches:
+            model(b)
+    hook.remove()
+    peak = max(float(t.abs().max()) for t in seen)  # layer 0's input: nothing before it is quantized
+    reports = wquant.quantize_(model, QuantizeConfig(W8, activations="int8/tensor:static"), calibration=batches)
+    assert all(r.activations == "int8/tensor:absmax:fp32:static" and r.activation_bits == 8 for r in reports)
+    assert all(r.bits_per_param == 8 + 32 / r.shape[1] for r in reports)  # int8 codes + an fp32 scale per row
+    q = model.model.layers[0].self_attn.q_proj
+    assert isinstance(q.input_quant, InputQuantizer)
+    assert float(q.input_quant.scale) == pytest.approx(peak / 127, rel=1e-6)
+    bits = model_bits(model)
+    scales = [t for t in bits.tensors if t.name.endswith("input_quant.scale")]
+    assert len(scales) == len(reports) and all(t.bits == 32 for t in scales)  # stored, so counted
+
+
+def test_dynamic_activations_need_no_data_and_report_their_width() -> None:
+    model = tiny_llama(tie=False)
+    reports = wquant.quantize_(model, QuantizeConfig(W8, activations="int8/token"))
+    assert {r.activation_bits for r in reports} == {8 + 32 / r.shape[1] for r in reports}
+    assert len(input_quantizers(model)) == len(reports)
+    with pytest.raises(ParameterError, match="static activation scales"):
+        wquant.quantize_(tiny_llama(tie=False), QuantizeConfig(W8, activations="int8/tensor:static"))
+
+
+@pytest.mark.parametrize("acts", ["int8/tensor:static", "mxfp8"])
+def test_checkpoints_restore_input_quantizers_bit_identically(tmp_path, acts: str) -> None:
+    model = tiny_llama(tie=False)
+    batches = _batches(model.config.vocab_size)
+    wquant.quantize_(model, QuantizeConfig("int4/block16:absmax:bf16", activations=acts), calibration=batches)
+    save_quantized(model, tmp_path / "q")
+    loaded = load_quantized(tmp_path / "q")
+    layers = [m for m in loaded.modules() if isinstance(m, QuantizedLinear)]
+    assert layers and all(m.input_quant is not None and m.input_quant.spec == m.input_quant.spec for m in layers)
+    assert {m.input_quant.spec.to_string() for m in layers} == {InputQuantizer(acts, 8).spec.to_string()}
+    with torch.no_grad():
+        assert torch.equal(model(batches[0]).logits, loaded(batches[0]).logits)
+
+
+def test_smoothquant_without_smoothing_is_plain_w8a8_exactly() -> None:
+    batches = _batches(96)
+    plain, smooth_off, smoothed = tiny_llama(tie=False), tiny_llama(tie=False), tiny_llama(tie=False)
+    wquant.quantize_(plain, QuantizeConfig(W8, activations="int8/token"), calibration=batches)
+    wquant.quantize_(smooth_off, SmoothQuantConfig(alpha=None), calibration=batches)
+    reports = wquant.quantize_(smoothed, SmoothQuantConfig(alpha=0.5), calibration=batches)
+    with torch.no_grad():
+        assert torch.equal(plain(batches[0]).logits, smooth_off(batches[0]).logits)
+    assert all(r.activations == "int8/token:absmax:fp32:dynamic" for r in reports)
+    notes = {r.name: r.note for r in reports}
+    assert "folded into model.layers.0.input_layernorm" in notes["model.layers.0.self_attn.q_proj"]
+    assert "folded into model.layers.0.mlp.up_proj" in notes["model.layers.0.mlp.down_proj"]
+    assert "folded into model.norm" not in notes["lm_head"]  # outside the blocks: left alone, and said so
+    assert "not smoothed" in notes["lm_head"]
+    assert not torch.equal(
+        smoothed.model.layers[0].input_layernorm.weight, plain.model.layers[0].input_layernorm.weight
+    )
+
+
+def _kl(reference: torch.nn.Module, model: torch.nn.Module, ids: torch.Tensor) -> float:
+    with torch.no_grad():
+        p, q = reference(ids).logits.log_softmax(-1), model(ids).logits.log_softmax(-1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+def test_awq_in_the_walk_beats_rtn_and_says_where_bert_cannot_fold() -> None:
+    batches = _batches(96, 6)
+    base, rtn, awq = tiny_llama(tie=False), tiny_llama(tie=False), tiny_llama(tie=False)
+    fmt = "int3/block16:absmax:fp32"
+    awq_reports = wquant.quantize_(awq, AWQConfig(fmt), calibration=batches)
+    rtn_reports = wquant.quantize_(rtn, fmt)
+    assert [r.bits_per_param for r in awq_reports] == [r.bits_per_param for r in rtn_reports]  # same exact bits
+    held_out = torch.randint(0, 96, (4, 32), generator=torch.Generator().manual_seed(11))
+    assert _kl(base, awq, held_out) < 0.9 * _kl(base, rtn, held_out)
+    bert = tiny_bert()
+    batch = [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in _batches(120)]
+    notes = {r.name: r.note for r in wquant.quantize_(bert, AWQConfig(fmt), calibration=batch)}
+    assert "not smoothed" in notes["encoder.layer.0.attention.self.query"]
+    assert "not smoothed" in notes["encoder.layer.0.intermediate.dense"]
+    assert "folded into encoder.layer.0.attention.self.value" in notes["encoder.layer.0.attention.output.dense"]
+
+
+def test_zeroquant_lkd_runs_in_the_walk_with_quantized_inputs() -> None:
+    model = tiny_llama(tie=False)
+    cfg = ZeroQuantConfig("int4/block16:absmax:fp16", lkd=True, samples=64)
+    reports = wquant.quantize_(model, cfg, calibration=_batches(96))
+    assert all(r.activations == "int8/token:absmax:fp32:dynamic" and "LKD output error" in r.note for r in reports)
+    assert all(r.bits_per_param == 4 + 16 * -(-r.shape[1] // 16) / r.shape[1] for r in reports)  # ragged groups
