@@ -18,7 +18,8 @@ from wquant.validation import check_tensor
 
 
 class LayerStatistics:
-    """Σ xᵀx, Σ |x| and max |x| per input channel over the tokens seen, their count, and a seeded sample of rows.
+    """Σ xᵀx, Σ |x|, max |x| and the signed range per input channel over the tokens seen, their count, and a
+    seeded sample of rows.
 
     `hessian()` is 2/n·XᵀX, `abs_mean()` / `abs_max()` are per input channel. With `samples` > 0 a uniform
     sample of that many rows (without replacement) is kept: every row draws a seeded random priority and the
@@ -35,6 +36,8 @@ class LayerStatistics:
         self.total: torch.Tensor | None = None
         self.abs_total: torch.Tensor | None = None
         self.peak: torch.Tensor | None = None
+        self.low: torch.Tensor | None = None  # signed per-channel minimum and maximum (a channel's range)
+        self.high: torch.Tensor | None = None
         self.tokens = 0
         self.samples = samples
         self._rows: torch.Tensor | None = None
@@ -56,8 +59,10 @@ class LayerStatistics:
         summed = magnitude.sum(dim=0)
         self.abs_total = summed if self.abs_total is None else self.abs_total.add_(summed)
         if rows.shape[0]:
-            peak = magnitude.amax(dim=0)
+            peak, low, high = magnitude.amax(dim=0), rows.amin(dim=0), rows.amax(dim=0)
             self.peak = peak if self.peak is None else torch.maximum(self.peak, peak)
+            self.low = low if self.low is None else torch.minimum(self.low, low)
+            self.high = high if self.high is None else torch.maximum(self.high, high)
         self.tokens += rows.shape[0]
         if self.samples:
             self._sample(rows)
@@ -94,6 +99,13 @@ class LayerStatistics:
             raise ParameterError(f"{self.name}: these statistics hold only a Hessian; collect them from inputs")
         return self.peak
 
+    def value_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Smallest and largest (signed) value of each input channel."""
+        self._require()
+        if self.low is None or self.high is None:
+            raise ParameterError(f"{self.name}: these statistics hold only a Hessian; collect them from inputs")
+        return self.low, self.high
+
     def sample_rows(self) -> torch.Tensor | None:
         """The kept input rows (k, in), k = min(samples, tokens); None when no sample was asked for."""
         return self._rows
@@ -113,6 +125,8 @@ class LayerStatistics:
         out.total = self.total * inv[:, None] * inv[None, :]  # type: ignore[operator]
         out.abs_total = None if self.abs_total is None else self.abs_total * inv
         out.peak = None if self.peak is None else self.peak * inv
+        out.low = None if self.low is None else self.low * inv
+        out.high = None if self.high is None else self.high * inv
         out.tokens = self.tokens
         out._rows = None if self._rows is None else self._rows * inv
         out._priority = self._priority
