@@ -109,7 +109,9 @@ def _peer(name: str, folder: Path) -> Build:
         from safetensors.torch import load_file
 
         model = copy.deepcopy(ctx.model)
-        state = {k: v for k, v in load_file(str(folder / f"{name}.safetensors")).items() if not k.startswith("smoothed.")}
+        state = {
+            k: v for k, v in load_file(str(folder / f"{name}.safetensors")).items() if not k.startswith("smoothed.")
+        }
         model.load_state_dict(state, strict=True)
         acts = PEERS[name][2]
         if acts is not None:  # the scheme's dynamic per-token int8 inputs
@@ -152,8 +154,8 @@ def measure(bench: Bench, label: str, group: str, build: Build, fresh: bool, pee
 
 
 def table(name: str, rows: list[dict], causal: bool) -> str:
-    head = ("| group | system | bits/weight | bits/activation | KL | top-10 KL | perplexity | top-1 agree | s |"
-            if causal else "| group | system | bits/weight | bits/activation | mean cos | min cos | NN agree | s |")  # fmt: skip
+    cols = "KL | top-10 KL | perplexity | top-1 agree" if causal else "mean cos | min cos | NN agree"
+    head = f"| group | system | bits/weight | bits/activation | {cols} | s |"
     lines = [head, "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if causal else "---:|")]
     for r in rows:
         m = r["metrics"]
@@ -201,10 +203,10 @@ def reference_check(bench: Bench, folder: Path) -> str:
     sq_file = folder / "llmc-smoothquant-only.safetensors"
     if sq_file.is_file():
         theirs = load_file(str(sq_file))
-        lines += ["SmoothQuant α = 0.5 (`llmc-smoothquant-only`: smoothing, no quantization), scale s = w_norm before / "
-                  "after, per layer group; max relative difference over channels:", "",
-                  "| group | vs wquant (paper: max\|X\|, max\|W\|) | vs wquant stats in llm-compressor's "
-                  "definition ((max − min)^α / (2·max\|W\|)^(1−α)) |", "|---|---:|---:|"]  # fmt: skip
+        lines += ["SmoothQuant α = 0.5 (`llmc-smoothquant-only`: smoothing, no quantization), scale s = w_norm "
+                  "before / after, per layer group; max relative difference over channels:", "",
+                  r"| group | vs wquant (paper: max\|X\|, max\|W\|) | vs wquant stats in llm-compressor's "
+                  r"definition ((max − min)^α / (2·max\|W\|)^(1−α)) |", "|---|---:|---:|"]  # fmt: skip
         for group, stats in groups.items():
             norm = group[0].rsplit(".", 2)[0] + (".input_layernorm" if "self_attn" in group[0] else
                                                  ".post_attention_layernorm")  # fmt: skip
@@ -297,13 +299,15 @@ def main() -> None:
                 rows.append(measure(bench, label, group, build, args.fresh))
         if name == "testbed":
             for peer, (label, group, _acts) in PEERS.items():
-                if (folder / f"{peer}.safetensors").is_file() and (args.only is None or any(o in label for o in args.only)):
+                if (folder / f"{peer}.safetensors").is_file() and (
+                    args.only is None or any(o in label for o in args.only)
+                ):
                     rows.append(measure(bench, label, group, _peer(peer, folder), args.fresh, peer))
         order = {"W4A16": 0, "W4A8": 1, "W8A8": 2}
         rows.sort(key=lambda r: (order[r["group"]], r["bits"], r["label"]))
         if name == "testbed":
-            title = (f"Causal testbed: every Linear incl. lm_head, held-out {info['heldout_chars']:,} chars, window 128; "
-                     f"calibration {info['calib_windows']} windows of 128 from the first 90 %")  # fmt: skip
+            title = (f"Causal testbed: every Linear incl. lm_head, held-out {info['heldout_chars']:,} chars, window "
+                     f"128; calibration {info['calib_windows']} windows of 128 from the first 90 %")  # fmt: skip
         else:
             title = (f"MiniLM: all 37 Linear layers, {info['paragraphs']} WikiText-2 test paragraphs; calibration "
                      f"{info['calib_texts']} WikiText-2 valid paragraphs")  # fmt: skip

@@ -75,9 +75,8 @@ def fake_quantized_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor
 
 
 def main() -> None:
-    from transformers import AutoModelForCausalLM
-
     from llmcompressor import oneshot
+    from transformers import AutoModelForCausalLM
 
     cpu_only()
     folder = Path(sys.argv[1])
