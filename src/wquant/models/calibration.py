@@ -34,7 +34,8 @@ OnLayer = Callable[[str, LayerStatistics | None], None]
 #: one calibration pass over a block (or the model) and the attention mask of its batch
 Pass = tuple[Callable[[], Any], torch.Tensor | None]
 #: called before a block's layers are calibrated: (block, its path prefix "model.layers.3.", the target paths
-#: inside it in forward order, relative to the block, and the passes that run the block on its cached inputs)
+#: inside it in forward order, relative to the block, and the passes that run the block on its cached inputs);
+#: also for the layers before and after the blocks, with the whole model as the block and prefix ""
 PrepareBlock = Callable[[nn.Module, str, list[str], list[Pass]], None]
 
 
@@ -65,8 +66,7 @@ def calibrate(
 
     `on_layer` must replace the layer (it is called before later layers are calibrated, so they see its
     quantized outputs). block_cache=False runs the whole model for every layer group (the reference walk).
-    samples: input rows each group's statistics keep (seeded; 0 keeps none). prepare_block: see `PrepareBlock`
-    (only the block-wise walk calls it).
+    samples: input rows each group's statistics keep (seeded; 0 keeps none). prepare_block: see `PrepareBlock`.
     """
     if not batches:
         raise ParameterError("calibration is empty; give at least one batch (or none for data-free configs)")
@@ -75,12 +75,17 @@ def calibrate(
         for path in [p for p in paths if p not in order]:  # never reached by a forward pass
             on_layer(path, None)
         blocks = _blocks(model, order) if block_cache else None
+        whole = [(lambda b=b: _run(model, b), _mask_of(b)) for b in batches]
         if blocks is None:
+            if prepare_block is not None and order:
+                prepare_block(model, "", list(order), whole)
             _walk_by_cutting(model, order, batches, on_layer, samples)
             return
         container, indices = blocks
         first = f"{container}.{indices[0]}"
         before = [p for p in order if order.index(p) < _first_inside(order, container)]
+        if prepare_block is not None and before:
+            prepare_block(model, "", before, whole)
         _walk_by_cutting(model, before, batches, on_layer, samples)
         inputs = _capture_inputs(model, model.get_submodule(first), batches)
         for i in range(indices[0], len(model.get_submodule(container))):
@@ -92,6 +97,8 @@ def calibrate(
             _walk_block(block, prefix, inside, inputs, on_layer, samples)
             inputs = [_next_inputs(block, x) for x in inputs]
         after = [p for p in order if p not in before and not p.startswith(f"{container}.")]
+        if prepare_block is not None and after:
+            prepare_block(model, "", after, whole)
         _walk_by_cutting(model, after, batches, on_layer, samples)
 
 

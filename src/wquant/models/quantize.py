@@ -195,7 +195,7 @@ def quantize_(
 
         def on_layer(path: str, stats: LayerStatistics | None) -> None:
             site, cfg = by_path[path]
-            note = notes.get(path, "" if not can_smooth(cfg) else "outside the model's repeated blocks: not smoothed")
+            note = notes.get(path, "")
             reports[path] = _quantize_site(model, site, cfg, stats, acts[path], cache=True, note=note)
             say(_describe(reports[path]))
 

@@ -10,7 +10,8 @@ and the scale is folded: producer outputs ÷ s, the group's weight columns × s.
 other group's inputs unchanged in floating point (that is what an exact fold means), so one statistics pass
 serves the whole block. Then the ordinary sequential walk quantizes the block's layers on the smoothed block.
 A group whose input no module can absorb exactly (BERT's post-norm q/k/v and FFN input, which also feed the
-residual) is left unscaled, and its layers' reports say so.
+residual) is left unscaled, and its layers' reports say so. Layers outside the repeated blocks (an lm_head after
+the final norm) get the same step with the whole model as the block (its probes run the whole model).
 """
 
 from __future__ import annotations
