@@ -36,13 +36,27 @@ def test_lkd_lowers_the_output_error_with_quantized_inputs_also_on_held_out_rows
     w, x = correlated_layer(48, 128, 3072, seed=7)
     train, held = x[:2048], x[2048:]
     cfg = ZeroQuantConfig("int4/block32:absmax:fp16", activations=acts, lkd=True)
-    stats = statistics_from_inputs(train, samples=1024)
+    stats = statistics_from_inputs(train, samples=1280)
     result = lkd(w, stats.sample_rows(), cfg)  # type: ignore[arg-type]
     rounded = quantize(w, cfg.spec).dequantize()
     learned = result.quantized.dequantize()
     rows = stats.sample_rows()
-    assert result.error_rounded == pytest.approx(direct_error(w, rounded, rows, cfg), rel=1e-3)
-    assert result.error_final == pytest.approx(direct_error(w, learned, rows, cfg), rel=1e-3)
+    fit, check = rows[[i for i in range(len(rows)) if i % 5 != 4]], rows[4::5]  # every 5th row is held out
+    assert result.kept
+    assert result.error_rounded == pytest.approx(direct_error(w, rounded, fit, cfg), rel=1e-3)
+    assert result.error_final == pytest.approx(direct_error(w, learned, fit, cfg), rel=1e-3)
+    assert result.held_out_final == pytest.approx(direct_error(w, learned, check, cfg), rel=1e-3)
     assert result.error_final < 0.9 * result.error_rounded
     assert direct_error(w, learned, held, cfg) < 0.95 * direct_error(w, rounded, held, cfg)
-    assert result.quantized.bits() == quantize(w, cfg.spec).bits()  # codes moved, format and scales kept
+    assert result.quantized.bits() == quantize(w, cfg.spec).bits()  # same format: codes and scales moved
+
+
+def test_lkd_that_does_not_generalise_falls_back_to_plain_rounding() -> None:
+    """30 rows for 128 inputs: the fit learns the sample (fitting error falls) but not the layer; the held-out
+    rows catch it and plain rounding is returned."""
+    w, x = correlated_layer(48, 128, 64, seed=8)
+    cfg = ZeroQuantConfig("int8/block32:absmax:fp16", lkd=True)
+    result = lkd(w, x[:38], cfg)
+    assert result.error_final < result.error_rounded and result.held_out_final > result.held_out_rounded
+    assert not result.kept
+    assert torch.equal(result.quantized.dequantize(), quantize(w, cfg.spec).dequantize())

@@ -118,3 +118,49 @@ def test_zeroquant_lkd_runs_in_the_walk_with_quantized_inputs() -> None:
     reports = wquant.quantize_(model, cfg, calibration=_batches(96))
     assert all(r.activations == "int8/token:absmax:fp32:dynamic" and "LKD output error" in r.note for r in reports)
     assert all(r.bits_per_param == 4 + 16 * -(-r.shape[1] // 16) / r.shape[1] for r in reports)  # ragged groups
+
+
+def test_stored_divisors_smooth_what_cannot_be_folded_and_survive_a_checkpoint(tmp_path) -> None:
+    """BERT's q/k/v and FFN inputs come from norms that also feed the residual: with fold="store" their scale is
+    kept as one fp16 divisor per group (16 bits per input channel, counted once), and the walk stays exact."""
+    bert = tiny_bert()
+    batch = [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in _batches(120)]
+    reports = wquant.quantize_(bert, SmoothQuantConfig(fold="store"), calibration=batch)
+    notes = {r.name: r.note for r in reports}
+    assert "stored as an fp16 divisor" in notes["encoder.layer.0.attention.self.query"]
+    assert "folded into encoder.layer.0.attention.self.value" in notes["encoder.layer.0.attention.output.dense"]
+    layer = bert.encoder.layer[0]
+    q, k = layer.attention.self.query.input_quant, layer.attention.self.key.input_quant
+    assert q.divisor is k.divisor and q.divisor.dtype == torch.float16  # one per group
+    divisors = [t for t in model_bits(bert).tensors if t.name.endswith("input_quant.divisor")]
+    # per block: q/k/v, intermediate and output.dense (after GELU) store one; the pooler after the last block one
+    assert len(divisors) == 2 * 3 + 1 and all(t.bits == 16 * t.numel for t in divisors)
+    save_quantized(bert, tmp_path / "q")
+    loaded = load_quantized(tmp_path / "q")
+    with torch.no_grad():
+        assert torch.equal(bert(**batch[0]).last_hidden_state, loaded(**batch[0]).last_hidden_state)
+    lq = loaded.encoder.layer[0].attention.self
+    assert lq.query.input_quant.divisor is lq.key.input_quant.divisor  # the tie survives the checkpoint
+
+
+def test_the_smoothing_step_leaves_the_block_output_unchanged_before_quantization() -> None:
+    """The prepare step alone (folds, and stored divisors applied by pre-hooks) on BERT block 0: same output."""
+    from wquant.models.calibration import _block_passes, _capture_inputs, _Inputs
+    from wquant.models.smoothing import smoothing_step
+
+    bert = tiny_bert()
+    batch = [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in _batches(120, 2)]
+    block = bert.encoder.layer[0]
+    with torch.no_grad():
+        inputs: list[_Inputs] = _capture_inputs(bert, block, batch)
+        before = [block(*x.args, **x.kwargs)[0] for x in inputs]
+        paths = [p for p, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
+        notes: dict[str, str] = {}
+        divisors: dict[str, torch.nn.Parameter] = {}
+        step = smoothing_step(lambda _p: SmoothQuantConfig(alpha=0.8, fold="store"), lambda _p: None, notes,
+                              divisors=divisors)  # fmt: skip
+        step(block, "encoder.layer.0.", paths, _block_passes(block, inputs))
+        after = [block(*x.args, **x.kwargs)[0] for x in inputs]
+    assert len(divisors) == 5 and len(notes) == 6  # q/k/v + intermediate + output stored; o folded into value
+    for a, b in zip(after, before, strict=True):
+        assert float((a - b).norm() / b.norm()) < 1e-5

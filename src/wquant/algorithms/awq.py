@@ -58,7 +58,9 @@ class AWQConfig:
     grid: α points searched (`alpha_grid`). duo_scaling: divide by the weights' normalised magnitude too.
     clip: search each group's clip after scaling (finish "rtn" only); clip_grid / max_shrink: multipliers
     1 − i/clip_grid for i < max_shrink·clip_grid. finish: "rtn" (AWQ) or "gptq" (AWQ scales, then GPTQ with
-    damping `damp` and column order `act_order`).
+    damping `damp` and column order `act_order`). fold: where no module before a layer group can absorb the
+    scale exactly, "exact" leaves the group unscaled, "store" keeps s as a stored fp16 divisor of the input
+    (16 bits per input channel and group, counted in the model's bits).
     """
 
     format: str | FormatSpec = DEFAULT_FORMAT
@@ -70,6 +72,7 @@ class AWQConfig:
     finish: Literal["rtn", "gptq"] = "rtn"
     damp: float = 0.01
     act_order: bool | Literal["group"] = "group"
+    fold: Literal["exact", "store"] = "exact"
     uses_calibration: ClassVar[bool] = True
     needs_calibration: ClassVar[bool] = True
 
@@ -81,6 +84,8 @@ class AWQConfig:
             raise ParameterError(f"AWQ max_shrink must be in [0, 1), got {self.max_shrink}")
         if self.finish not in ("rtn", "gptq"):
             raise ParameterError(f"AWQ finish must be 'rtn' or 'gptq', got {self.finish!r}")
+        if self.fold not in ("exact", "store"):
+            raise ParameterError(f"AWQ fold must be 'exact' or 'store', got {self.fold!r}")
         if self.clip and self.finish == "rtn":
             refuse_clip_search_on_unbounded_grid(self.spec)
 

@@ -39,7 +39,9 @@ class SmoothQuantConfig:
 
     alpha: migration strength in [0, 1], or None for no smoothing (plain W8A8). search: choose α per layer
     group from `grid` evenly spaced values in [0, 1] by the output error on `input_samples` calibration rows.
-    finish: how each smoothed weight is rounded: "rtn" or "gptq" (damping `damp`).
+    finish: how each smoothed weight is rounded: "rtn" or "gptq" (damping `damp`). fold: where no module
+    before a layer group can absorb the scale exactly, "exact" leaves it unscaled, "store" keeps s as a stored fp16
+    divisor of the input (16 bits per input channel and group, counted in the model's bits).
     """
 
     format: str | FormatSpec = W8A8_WEIGHTS
@@ -50,6 +52,7 @@ class SmoothQuantConfig:
     samples: int = 512
     finish: Literal["rtn", "gptq"] = "rtn"
     damp: float = 0.01
+    fold: Literal["exact", "store"] = "exact"
     uses_calibration: ClassVar[bool] = True
     needs_calibration: ClassVar[bool] = True
 
@@ -63,6 +66,8 @@ class SmoothQuantConfig:
         check_int_range(self.samples, "SmoothQuant input samples", 1)
         if self.finish not in ("rtn", "gptq"):
             raise ParameterError(f"SmoothQuant finish must be 'rtn' or 'gptq', got {self.finish!r}")
+        if self.fold not in ("exact", "store"):
+            raise ParameterError(f"SmoothQuant fold must be 'exact' or 'store', got {self.fold!r}")
 
     @property
     def spec(self) -> FormatSpec:

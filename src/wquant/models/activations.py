@@ -20,14 +20,26 @@ from wquant.errors import CorruptDataError, ParameterError, SpecError
 
 
 class InputQuantizer(nn.Module):
-    """Rounds a layer's input onto `spec`'s grid: y = dequantize(quantize(x))."""
+    """What a quantized layer does to its input first: divide it by a stored smoothing divisor (when a smoothing
+    scale could not be folded into the module before it), then round it onto `spec`'s grid (when activations are
+    quantized): y = dequantize(quantize(x / divisor)).
 
-    def __init__(self, spec: ActivationSpec | str, in_features: int, scale: torch.Tensor | None = None) -> None:
+    The divisor is an fp16 parameter (16 bits per input channel, counted by `model_bits`), shared by every layer
+    of the group fed that input, so it is stored and counted once.
+    """
+
+    def __init__(
+        self, spec: ActivationSpec | str | None, in_features: int, scale: torch.Tensor | None = None,
+        divisor: nn.Parameter | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
-        self.spec = parse_activations(spec)
+        self.spec = None if spec is None else parse_activations(spec)
         self.in_features = int(in_features)
         self.scale: nn.Parameter | None = None
-        if self.spec.static:
+        self.divisor = divisor
+        if divisor is not None and divisor.numel() != self.in_features:
+            raise ParameterError(f"a smoothing divisor needs {self.in_features} values, got {divisor.numel()}")
+        if self.spec is not None and self.spec.static:
             size = 1 if self.spec.granularity == "tensor" else self.in_features
             value = torch.zeros(size) if scale is None else scale.detach().float().reshape(-1)
             if value.numel() != size:
@@ -35,33 +47,51 @@ class InputQuantizer(nn.Module):
             self.scale = nn.Parameter(value.clone(), requires_grad=False)
 
     @staticmethod
-    def calibrated(spec: ActivationSpec | str, in_features: int, stats: LayerStatistics | None) -> InputQuantizer:
-        """A quantizer for a layer with `in_features` inputs; a static spec takes its scale from `stats`."""
-        spec = parse_activations(spec)
-        if not spec.static:
-            return InputQuantizer(spec, in_features)
+    def calibrated(
+        spec: ActivationSpec | str | None, in_features: int, stats: LayerStatistics | None,
+        divisor: nn.Parameter | None = None,
+    ) -> InputQuantizer:  # fmt: skip
+        """A quantizer for a layer with `in_features` inputs; a static spec takes its scale from `stats` (which
+        describe the input after the divisor)."""
+        spec = None if spec is None else parse_activations(spec)
+        if spec is None or not spec.static:
+            return InputQuantizer(spec, in_features, divisor=divisor)
         if stats is None:
             raise ParameterError(f"static activations {spec.to_string()} need calibration data for their scale; give "
                                  "calibration batches or use a dynamic spec (e.g. int8/token)")  # fmt: skip
-        return InputQuantizer(spec, in_features, static_scale(spec, stats.abs_max()))
+        return InputQuantizer(spec, in_features, static_scale(spec, stats.abs_max()), divisor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.divisor is not None:
+            x = x / self.divisor.to(x.dtype)
+        if self.spec is None:
+            return x
         return fake_quantize(x, self.spec, None if self.scale is None else self.scale.to(torch.float32))
 
-    def bits_per_element(self) -> float:
-        return self.spec.bits_per_element(self.in_features)
+    def bits_per_element(self) -> float | None:
+        return None if self.spec is None else self.spec.bits_per_element(self.in_features)
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"spec": self.spec.to_string(), "in_features": self.in_features}
+        spec = None if self.spec is None else self.spec.to_string()
+        return {"spec": spec, "in_features": self.in_features}
 
     def set_extra_state(self, state: Any) -> None:
         try:
-            self.spec, self.in_features = parse_activations(state["spec"]), int(state["in_features"])
+            spec = state["spec"]
+            self.spec = None if spec is None else parse_activations(spec)
+            self.in_features = int(state["in_features"])
         except (KeyError, TypeError, ValueError, SpecError) as exc:
             raise CorruptDataError(f"activation quantizer state {state!r} is malformed ({exc})") from None
 
     def extra_repr(self) -> str:
-        return self.spec.to_string()
+        parts = ([] if self.spec is None else [self.spec.to_string()]) + (["÷ stored divisor"] if self.divisor is not
+                                                                          None else [])  # fmt: skip
+        return ", ".join(parts)
+
+
+def stored_divisor(scale: torch.Tensor) -> nn.Parameter:
+    """A smoothing scale as the fp16 divisor it is stored as (weights must be scaled by this very value)."""
+    return nn.Parameter(scale.detach().to(torch.float16).reshape(-1).clone(), requires_grad=False)
 
 
 def input_quantizers(model: nn.Module) -> list[tuple[str, InputQuantizer]]:

@@ -113,8 +113,10 @@ def save_quantized(
     modules: dict[str, Any] = {}
     for path, module in quantized_modules(model):
         extra = {"padding_idx": module.padding_idx} if isinstance(module, QuantizedEmbedding) else {}
-        if isinstance(getattr(module, "input_quant", None), InputQuantizer):
-            extra["activations"] = module.input_quant.spec.to_string()  # its static scale is a stored parameter
+        quantizer = getattr(module, "input_quant", None)
+        if isinstance(quantizer, InputQuantizer):  # its static scale and divisor are stored parameters
+            extra["activations"] = None if quantizer.spec is None else quantizer.spec.to_string()
+            extra["divisor"] = quantizer.divisor is not None
         modules[path] = {"weight": packed_path[id(module.qweight)], "layout": module.layout, **extra}
 
     aliases: dict[str, str] = {}
@@ -308,8 +310,11 @@ def _fill(net: nn.Module, body: dict[str, Any], tensors: dict[str, torch.Tensor]
             else:
                 bias = getattr(old, "bias", None)
                 new = QuantizedLinear(holder, bias if isinstance(bias, nn.Parameter) else None, layout=info["layout"])
-                if info.get("activations") is not None:
-                    new.input_quant = InputQuantizer(info["activations"], new.in_features)
+                if "activations" in info:
+                    divisor = None
+                    if info.get("divisor"):
+                        divisor = nn.Parameter(torch.zeros(new.in_features, dtype=torch.float16), requires_grad=False)
+                    new.input_quant = InputQuantizer(info["activations"], new.in_features, divisor=divisor)
             set_submodule(net, path, new)
         packed_names = {f"{path}.qweight.{f}" for path in body["modules"] for f in FIELDS}
         aliases = {a: t for a, t in body["aliases"].items() if a not in packed_names}

@@ -111,7 +111,7 @@ def apply_fold(root: nn.Module, fold: Fold, scale: torch.Tensor) -> None:
     with torch.no_grad():
         _divide_outputs(producer, fold.kind, s)
         for path in fold.consumers:
-            _multiply_inputs(root.get_submodule(path), s)
+            multiply_inputs(root.get_submodule(path), s)
 
 
 def _divide_outputs(module: nn.Module, kind: str, s: torch.Tensor) -> None:
@@ -128,14 +128,16 @@ def _divide_outputs(module: nn.Module, kind: str, s: torch.Tensor) -> None:
         bias.div_(s.to(bias.dtype))
 
 
-def _multiply_inputs(module: nn.Module, s: torch.Tensor) -> None:
+def multiply_inputs(module: nn.Module, s: torch.Tensor) -> None:
+    """Multiply a Linear/Conv1D layer's input columns by s (in place)."""
     kind = module_kind(module)
     if kind not in ("linear", "transposed"):
         raise ParameterError(f"{type(module).__name__} cannot take a smoothing scale (already quantized?)")
     if _in_features(module) != s.numel():
         raise TensorError(f"{type(module).__name__} has {_in_features(module)} inputs, the scale {s.numel()}")
     weight = module.weight
-    weight.mul_(s.to(weight.dtype).reshape((1, -1) if kind == "linear" else (-1, 1)))
+    with torch.no_grad():
+        weight.mul_(s.to(weight.dtype).reshape((1, -1) if kind == "linear" else (-1, 1)))
 
 
 def _saved(root: nn.Module, fold: Fold) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -173,7 +175,7 @@ def _probe(root: nn.Module, fold: Fold, run: Run, reference: list[torch.Tensor],
             return False
         with torch.no_grad():
             for path in fold.consumers:
-                _multiply_inputs(root.get_submodule(path), scale)
+                multiply_inputs(root.get_submodule(path), scale)
         out = _tensors(run())
     finally:
         handle.remove()

@@ -192,18 +192,20 @@ def quantize_(
     if data:
         assert batches is not None
         notes: dict[str, str] = {}
+        divisors: dict[str, nn.Parameter] = {}
 
         def on_layer(path: str, stats: LayerStatistics | None) -> None:
             site, cfg = by_path[path]
             note = notes.get(path, "")
-            reports[path] = _quantize_site(model, site, cfg, stats, acts[path], cache=True, note=note)
+            reports[path] = _quantize_site(model, site, cfg, stats, acts[path], cache=True, note=note,
+                                           divisor=divisors.get(path))  # fmt: skip
             say(_describe(reports[path]))
 
         samples = max((getattr(by_path[p][1], "input_samples", 0) for p in data), default=0)
         prepare = None
         if any(can_smooth(by_path[p][1]) for p in data):
             prepare = smoothing_step(lambda p: by_path[p][1] if p in by_path else None, lambda p: acts.get(p), notes,
-                                     samples=samples)  # fmt: skip
+                                     samples=samples, divisors=divisors)  # fmt: skip
         try:
             calibrate(model, data, batches, on_layer, samples=samples, prepare_block=prepare)
         finally:
@@ -279,11 +281,11 @@ def _data_free_site(site: WeightSite) -> bool:
 
 def _quantize_site(
     model: nn.Module, site: WeightSite, config: Any, stats: LayerStatistics | None,
-    activations: ActivationSpec | None, *, cache: bool, note: str = "",
+    activations: ActivationSpec | None, *, cache: bool, note: str = "", divisor: nn.Parameter | None = None,
 ) -> LayerReport:  # fmt: skip
     """Quantize one weight and swap in quantized modules for all its users; `cache` keeps the decoded weight
     for the calibration passes still to come (cleared when the walk ends). `activations` gives each user an
-    input quantizer (static scales from `stats`)."""
+    input quantizer (static scales from `stats`); `divisor` is a stored smoothing divisor of the input."""
     start = time.perf_counter()
     weight = site.weight().cpu().contiguous()
     try:
@@ -301,8 +303,8 @@ def _quantize_site(
         else:
             bias = old.bias if isinstance(getattr(old, "bias", None), nn.Parameter) else None
             new = QuantizedLinear(packed, bias, layout=kind)
-            if activations is not None:
-                new.input_quant = InputQuantizer.calibrated(activations, new.in_features, stats)
+            if activations is not None or divisor is not None:
+                new.input_quant = InputQuantizer.calibrated(activations, new.in_features, stats, divisor)
         set_submodule(model, path, new)
     hessian = None if stats is None else stats.hessian()
     error = None if hessian is None else relative_error(weight.float(), stored.dequantize().float(), hessian)

@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from wquant.algorithms.activations import ActivationSpec
+from wquant.models.activations import stored_divisor
 from wquant.models.calibration import Pass, PrepareBlock, group_inputs
-from wquant.models.folding import apply_fold, find_fold
+from wquant.models.folding import apply_fold, find_fold, multiply_inputs
 from wquant.models.sites import module_kind
 
 
@@ -39,14 +40,36 @@ def _storage_weight(module: nn.Module) -> torch.Tensor:
     return w.t() if module_kind(module) == "transposed" else w
 
 
+def _dividing_hook(divisor: torch.Tensor) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...]]:
+    """A pre-hook dividing a layer's input by the divisor; layers fed one tensor get one result tensor (the hook is
+    shared and remembers its last input), so the walk still sees them fed the very same tensor."""
+    memo: list[Any] = []
+
+    def hook(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0]
+        if memo and memo[0] is x and memo[1] == x._version:
+            return (memo[2], *args[1:])
+        out = x / divisor.to(x.dtype)
+        memo[:] = [x, x._version, out]
+        return (out, *args[1:])
+
+    return hook
+
+
 def smoothing_step(
     config_of: Callable[[str], Any],
     activations_of: Callable[[str], ActivationSpec | None],
     notes: dict[str, str],
     *,
     samples: int = 0,
+    divisors: dict[str, nn.Parameter] | None = None,
 ) -> PrepareBlock:
-    """The `prepare_block` callback that smooths each block; notes per layer path go into `notes`."""
+    """The `prepare_block` callback that smooths each block; notes per layer path go into `notes`.
+
+    A config with `fold="store"` still smooths a group no module can absorb the scale of: its weight columns are
+    multiplied by s and s is kept as an fp16 divisor of the input (`divisors[path]`, one parameter per group, which
+    the quantized layers apply; a pre-hook divides meanwhile, so the walk stays exact).
+    """
 
     def prepare(block: nn.Module, prefix: str, paths: list[str], passes: list[Pass]) -> None:
         if not any(can_smooth(config_of(prefix + p)) for p in paths):
@@ -56,7 +79,8 @@ def smoothing_step(
             if not smoothers:
                 continue
             fold = find_fold(block, group, passes[0][0])
-            if fold is None:
+            store = getattr(smoothers[0], "fold", "exact") == "store" and divisors is not None
+            if fold is None and not store:
                 for path in group:
                     notes[prefix + path] = "no module before it can absorb a scale exactly: not smoothed"
                 continue
@@ -65,8 +89,20 @@ def smoothing_step(
                                                 name=prefix + group[0])  # fmt: skip
             if found is None:
                 continue
-            apply_fold(block, fold, found.scales)
+            if fold is not None:
+                apply_fold(block, fold, found.scales)
+                where = f"scale folded into {prefix + fold.producer}"
+            else:
+                assert divisors is not None
+                divisor = stored_divisor(found.scales)
+                hook = _dividing_hook(divisor.detach().float())
+                for path in group:
+                    layer = block.get_submodule(path)
+                    multiply_inputs(layer, divisor.detach().float())
+                    layer.register_forward_pre_hook(hook)
+                    divisors[prefix + path] = divisor
+                where = "scale stored as an fp16 divisor of the input (no module before it can absorb it)"
             for path in group:
-                notes[prefix + path] = f"{found.note}; scale folded into {prefix + fold.producer}".lstrip("; ")
+                notes[prefix + path] = f"{found.note}; {where}".lstrip("; ")
 
     return prepare
