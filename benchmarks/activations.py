@@ -81,6 +81,18 @@ def systems() -> list[tuple[str, str, Build]]:
     ]
 
 
+STORED = [  # where no module can absorb the scale (BERT), keep it as a stored fp16 divisor: MiniLM only
+    ("wquant AWQ, stored divisors", "W4A16", _wquant(AWQConfig(W4, fold="store"))),
+    ("wquant AWQ+GPTQ, stored divisors", "W4A16", _wquant(AWQConfig(W4, finish="gptq", fold="store"))),
+    ("wquant SmoothQuant α=0.5, stored divisors", "W8A8", _wquant(SmoothQuantConfig(W8, activations=A8, fold="store"))),
+    (
+        "wquant SmoothQuant α searched, stored divisors",
+        "W8A8",
+        _wquant(SmoothQuantConfig(W8, activations=A8, search=True, fold="store")),
+    ),
+]
+
+
 PEERS = {
     "llmc-awq-w4a16": ("llm-compressor AWQ W4A16_ASYM g128", "W4A16", None),
     "llmc-gptq-w4a16": ("llm-compressor GPTQ W4A16_ASYM g128", "W4A16", None),
@@ -295,7 +307,7 @@ def main() -> None:
                 print(f"wrote {folder}; now run benchmarks/llmcompressor_models.py {folder} in llm-compressor's venv")
                 return
         rows = []
-        for label, group, build in systems():
+        for label, group, build in systems() + (STORED if name == "minilm" else []):
             if args.only is None or any(o in label for o in args.only):
                 rows.append(measure(bench, label, group, build, args.fresh))
         if name == "testbed":
