@@ -164,3 +164,16 @@ def test_the_smoothing_step_leaves_the_block_output_unchanged_before_quantizatio
     assert len(divisors) == 5 and len(notes) == 6  # q/k/v + intermediate + output stored; o folded into value
     for a, b in zip(after, before, strict=True):
         assert float((a - b).norm() / b.norm()) < 1e-5
+
+
+def test_activation_specs_per_module_first_match_wins() -> None:
+    model = tiny_llama(tie=False)
+    acts = {"*.down_proj": "mxint8", "lm_head": "none", "*": "int8/token"}
+    reports = {r.name: r for r in wquant.quantize_(model, QuantizeConfig(W8, activations=acts))}
+    assert reports["model.layers.0.mlp.down_proj"].activations == "int8/block32:absmax:e8m0:dynamic"
+    assert reports["lm_head"].activations is None and model.lm_head.input_quant is None
+    assert reports["model.layers.1.self_attn.q_proj"].activations == "int8/token:absmax:fp32:dynamic"
+    sq = {r.name: r for r in wquant.quantize_(tiny_llama(tie=False), QuantizeConfig(SmoothQuantConfig(),
+                                              activations={"*.o_proj": "none"}), calibration=_batches(96))}  # fmt: skip
+    assert sq["model.layers.0.self_attn.o_proj"].activations is None  # SmoothQuant works with each module's spec
+    assert sq["model.layers.0.self_attn.q_proj"].activations is None  # unmatched modules keep float inputs

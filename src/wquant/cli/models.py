@@ -56,7 +56,7 @@ def parse_overrides(items: list[str] | None) -> tuple[tuple[str, str], ...]:
 
 def _config(
     fmt: str, overrides: list[str] | None, targets: list[str] | None, excludes: list[str] | None,
-    algorithm: str = "rtn", activations: str | None = None,
+    algorithm: str = "rtn", activations: list[str] | None = None,
 ) -> Any:  # fmt: skip
     """The QuantizeConfig of the CLI options: the algorithm on --format, targets (default: linear), excludes,
     overrides (an override's SPEC runs the same algorithm on that format; 'none' keeps the module) and the
@@ -66,14 +66,29 @@ def _config(
     from wquant.models import QuantizeConfig
 
     method = config_for(algorithm, parse_spec(fmt))
-    if activations is not None and activations.strip().lower() == "none":
-        activations = None
+    acts = _activations(activations)
+    if isinstance(acts, str) and acts.strip().lower() == "none":
+        acts = None
         if hasattr(method, "activations"):
             method = dataclasses.replace(method, activations=None)
     return QuantizeConfig(
         method, targets=tuple(targets or ("linear",)), exclude=tuple(excludes or ()),
-        overrides=parse_overrides(overrides), activations=activations,
+        overrides=parse_overrides(overrides), activations=acts,
     )  # fmt: skip
+
+
+def _activations(items: list[str] | None) -> str | tuple[tuple[str, str], ...] | None:
+    """['int8/token'] → 'int8/token'; ['*.down_proj=mxint8', 'int8/token'] → per-module pairs, the bare spec last
+    as '*' (first match wins)."""
+    if not items:
+        return None
+    pairs = parse_overrides([i for i in items if "=" in i])
+    bare = [i.strip() for i in items if "=" not in i]
+    if len(bare) > 1:
+        raise ParameterError(f"--activations takes one default SPEC (and GLOB=SPEC entries), got {bare}")
+    if not pairs:
+        return bare[0]
+    return pairs + ((("*", bare[0]),) if bare else ())
 
 
 def _bits_table(title: str, report: Any) -> Table:
@@ -101,13 +116,14 @@ def quantize_cmd(
     exclude: Excludes = None,
     algorithm: Annotated[str, typer.Option(help=f"one of: {', '.join(algorithm_names())}")] = "rtn",
     activations: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--activations",
             "-a",
             help="quantize every quantized Linear's input too: int8/token (dynamic), "
             "int8/tensor:static (calibrated), e4m3/token, mxfp8, ...; 'none' keeps inputs in float "
-            "(smoothquant and zeroquant default to int8/token)",
+            "(smoothquant and zeroquant default to int8/token); GLOB=SPEC (repeat) for some modules, first match "
+            "wins",
         ),
     ] = None,
     calib: Annotated[
@@ -144,7 +160,9 @@ def quantize_cmd(
     config = _config(fmt, override, target, exclude, algorithm, activations)
     check_output_folder(out, force=force)
     configs = [c for c in (config.method, *dict(config.overrides).values()) if c is not None]
-    static = [a for c in configs if (a := config.activations_for(c)) is not None and a.static]
+    per_module = isinstance(config.activations, tuple)
+    specs = [a for _, a in config.activations] if per_module else [config.activations_for(c) for c in configs]
+    static = [a for a in specs if a is not None and a.static]
     if calib is None and config.method.needs_calibration:
         raise ParameterError(f"--algorithm {algorithm} needs --calib FILE (calibration text)")
     if calib is None and static:

@@ -55,7 +55,9 @@ class QuantizeConfig:
       "none" keeps the module unquantized.
     activations: an activation spec (`int8/token`, `int8/tensor:static`, `mxfp8`, ...) for the inputs of every
       quantized Linear, or None. A config with its own `activations` field (SmoothQuant, ZeroQuant) takes this
-      one as the method; an explicit override config keeps its own.
+      one as the method; an explicit override config keeps its own. Or per module: (glob, spec) pairs or a
+      {glob: spec} mapping, first match wins, None/"none" and unmatched modules keep float inputs (e.g.
+      {"*.down_proj": "mxint8", "*": "int8/token"}); every config then works with its module's spec.
     """
 
     method: Any = DEFAULT_FORMAT
@@ -75,10 +77,21 @@ class QuantizeConfig:
                 f"targets {sorted(unknown) or list(self.targets)} invalid; choose from {valid_choices(TARGET_KINDS)}"
             )
         method = as_tensor_config(self.method, "method")
-        if self.activations is not None:
-            object.__setattr__(self, "activations", parse_activations(self.activations))
+        acts = self.activations
+        if isinstance(acts, str) and acts.strip().lower() == KEEP:
+            acts = None
+        if isinstance(acts, str | ActivationSpec):
+            acts = parse_activations(acts)
             if hasattr(method, "activations"):
-                method = dataclasses.replace(method, activations=self.activations)
+                method = dataclasses.replace(method, activations=acts)
+        elif acts is not None:
+            pairs = acts.items() if isinstance(acts, Mapping) else acts
+            try:
+                acts = tuple((str(glob), _activation(value)) for glob, value in pairs)
+            except (TypeError, ValueError):
+                raise ParameterError(f"activations must be a spec, (glob, spec) pairs or a {{glob: spec}} mapping, got "
+                                     f"{self.activations!r}") from None  # fmt: skip
+        object.__setattr__(self, "activations", acts)
         object.__setattr__(self, "method", method)
         pairs = self.overrides.items() if isinstance(self.overrides, Mapping) else self.overrides
         try:
@@ -99,8 +112,13 @@ class QuantizeConfig:
                 return value
         return self.method
 
-    def activations_for(self, config: Any) -> ActivationSpec | None:
-        """The activation spec of a module quantized with `config`: the config's own if it has the field."""
+    def activations_for(self, config: Any, path: str | None = None) -> ActivationSpec | None:
+        """The activation spec of the module at `path` quantized with `config`: the first matching per-module
+        entry; else the config's own if it has the field; else the one spec given."""
+        if isinstance(self.activations, tuple):
+            if path is None:
+                raise ParameterError("per-module activations need the module path")
+            return next((spec for glob, spec in self.activations if matches(path, glob)), None)
         if hasattr(config, "activations"):
             return config.activations
         return self.activations
@@ -112,6 +130,12 @@ class QuantizeConfig:
             raise ParameterError("the per-module mapping is empty; name at least one module glob")
         return QuantizeConfig(DEFAULT_FORMAT, targets=targets, include=tuple(mapping),
                               overrides=tuple((glob, _plain(v)) for glob, v in mapping.items()))  # fmt: skip
+
+
+def _activation(value: Any) -> ActivationSpec | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() == KEEP):
+        return None
+    return parse_activations(value)
 
 
 def _plain(value: Any) -> Any:
@@ -175,7 +199,10 @@ def quantize_(
         raise ParameterError(f"{type(plan[0][1]).__name__} on {needy[0]} needs calibration batches")
     if any(s.module is model for s, _ in plan):
         raise ParameterError("quantize_ replaces submodules; wrap a bare layer in nn.Sequential first")
-    acts = {s.path: _site_activations(s, config.activations_for(c)) for s, c in plan}
+    acts = {s.path: _site_activations(s, config.activations_for(c, s.path)) for s, c in plan}
+    if isinstance(config.activations, tuple):  # configs that work with a spec (SmoothQuant, ZeroQuant) get theirs
+        plan = [(s, dataclasses.replace(c, activations=acts[s.path]) if hasattr(c, "activations") else c)
+                for s, c in plan]  # fmt: skip
     static = [s.path for s, _ in plan if (a := acts[s.path]) is not None and a.static]
     if static and (batches is None or any(_data_free_site(s) for s, _ in plan if s.path in static)):
         raise ParameterError(f"static activation scales ({acts[static[0]]}) on {static[0]} are calibrated: give "
@@ -264,6 +291,8 @@ def _warn_unmatched(config: QuantizeConfig, paths: list[str]) -> None:
     """A glob that names none of the targeted modules is almost always a typo: say so."""
     globs = [("include", g) for g in config.include if g != "*"] + [("exclude", g) for g in config.exclude]
     globs += [("override", g) for g, _ in config.overrides]
+    if isinstance(config.activations, tuple):
+        globs += [("activations", g) for g, _ in config.activations if g != "*"]
     for kind, glob in globs:
         if not any(matches(p, glob) for p in paths):
             warnings.warn(f"{kind} glob {glob!r} matches none of the model's {'/'.join(config.targets)} modules",
