@@ -70,6 +70,8 @@ def systems() -> list[tuple[str, str, Build]]:
         ("wquant AWQ", "W4A16", _wquant(AWQConfig(W4))),
         ("wquant GPTQ", "W4A16", _wquant(GPTQConfig(W4))),
         ("wquant AWQ+GPTQ", "W4A16", _wquant(AWQConfig(W4, finish="gptq"))),
+        ("wquant GPTQ act-order, static groups", "W4A16", _wquant(GPTQConfig(W4, act_order=True, static_groups=True))),
+        ("wquant AWQ+GPTQ act-order", "W4A16", _wquant(AWQConfig(W4, finish="gptq", act_order=True))),
         ("wquant AWQ, int8/token inputs (W4A8)", "W4A8", _wquant(QuantizeConfig(AWQConfig(W4), activations=A8))),
         ("wquant W8A16 (weights only, RTN)", "W8A8", _wquant(W8, data=False)),
         ("wquant W8A8 plain (RTN + int8/token)", "W8A8", _wquant(QuantizeConfig(W8, activations=A8), data=False)),
