@@ -30,8 +30,9 @@ from wquant.algorithms.common import (
     refuse_clip_search_on_unbounded_grid,
     solve_at_budget,
 )
-from wquant.algorithms.registry import Quantized, register
+from wquant.algorithms.registry import Quantized, hessian_of, register
 from wquant.algorithms.rtn import RTNConfig, rtn, search_scales
+from wquant.algorithms.statistics import LayerStatistics
 from wquant.errors import ConvergenceError, ParameterError
 from wquant.formats import (
     DEFAULT_FORMAT,
@@ -338,7 +339,8 @@ def _one_group(layout: TensorLayout, g: int) -> TensorLayout:
                    outlier_codes=layout.outlier_codes[inside.numpy()])  # fmt: skip
 
 
-def _gptq_handler(weight: torch.Tensor, config: GPTQConfig, hessian: torch.Tensor | None, name: str) -> Quantized:
+def _gptq_handler(weight: torch.Tensor, config: GPTQConfig, stats: LayerStatistics | None, name: str) -> Quantized:
+    hessian = hessian_of(stats)
     if hessian is None:
         return Quantized(rtn(weight, RTNConfig(config.spec, search=False), name=name), "no inputs: RTN fallback")
     result = gptq(weight, hessian, config, name=name)

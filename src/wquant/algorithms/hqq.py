@@ -15,6 +15,7 @@ import torch
 
 from wquant.algorithms.common import check_weight
 from wquant.algorithms.registry import Quantized, register
+from wquant.algorithms.statistics import LayerStatistics
 from wquant.errors import ParameterError, SpecError
 from wquant.formats import QuantizedTensor, TensorLayout, as_2d, compute_dtype, parse_spec, prepare_layout
 from wquant.formats.scaling import OFFSET_RULES
@@ -155,7 +156,7 @@ def _stored_mask(layout: TensorLayout, pad: int, dtype: torch.dtype) -> torch.Te
     return blocks
 
 
-def _hqq_handler(weight: torch.Tensor, config: HQQConfig, hessian: torch.Tensor | None, name: str) -> Quantized:
+def _hqq_handler(weight: torch.Tensor, config: HQQConfig, stats: LayerStatistics | None, name: str) -> Quantized:
     return Quantized(hqq(weight, config, name=name))
 
 

@@ -28,8 +28,8 @@ import torch
 
 from wquant.algorithms.common import check_hessian, check_weight
 from wquant.algorithms.gptq import GPTQConfig, gptq
-from wquant.algorithms.registry import Quantized, register
-from wquant.algorithms.statistics import relative_error
+from wquant.algorithms.registry import Quantized, hessian_of, register
+from wquant.algorithms.statistics import LayerStatistics, relative_error
 from wquant.errors import ParameterError, SpecError
 from wquant.formats import (
     Codebook,
@@ -283,8 +283,8 @@ def _train(
     return best, best_codes
 
 
-def _nupes_handler(weight: torch.Tensor, config: NUPESConfig, hessian: torch.Tensor | None, name: str) -> Quantized:
-    result = nupes(weight, config, hessian=hessian, name=name)
+def _nupes_handler(weight: torch.Tensor, config: NUPESConfig, stats: LayerStatistics | None, name: str) -> Quantized:
+    result = nupes(weight, config, hessian=hessian_of(stats), name=name)
     return Quantized(result.quantized, "learned codes" if config.grid else f"a={result.exponent:g}")
 
 

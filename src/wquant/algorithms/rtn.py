@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from wquant.algorithms.common import check_hessian, check_weight, refuse_clip_search_on_unbounded_grid
-from wquant.algorithms.registry import Quantized, register
+from wquant.algorithms.registry import Quantized, hessian_of, register
+from wquant.algorithms.statistics import LayerStatistics
 from wquant.errors import ParameterError, TensorError
 from wquant.formats import (
     DEFAULT_FORMAT,
@@ -165,7 +166,8 @@ def rtn(
     return layout.assemble(layout.encode(x, scales), scales)
 
 
-def _rtn_handler(weight: torch.Tensor, config: RTNConfig, hessian: torch.Tensor | None, name: str) -> Quantized:
+def _rtn_handler(weight: torch.Tensor, config: RTNConfig, stats: LayerStatistics | None, name: str) -> Quantized:
+    hessian = hessian_of(stats) if config.uses_calibration else None
     if config.uses_calibration and hessian is None:
         return Quantized(rtn(weight, replace(config, importance="ones"), name=name), "no inputs: plain-MSE clip")
     return Quantized(rtn(weight, config, hessian=hessian, name=name))

@@ -125,6 +125,10 @@ class TensorLayout:
         return view_2d(self.shape)[1]
 
     @property
+    def scale_rows(self) -> int:
+        return group_shape(self.spec.scaling, self.shape)[0]
+
+    @property
     def groups(self) -> int:
         return group_shape(self.spec.scaling, self.shape)[1]
 
