@@ -1,10 +1,17 @@
-"""Diagonal Fisher of a model's weight tensors, accumulated per token with hooks.
+"""Diagonal Fisher of a model's weight tensors, accumulated per sample with hooks.
 
-Why per token: the squared *batch* gradient (Σ_tok g_tok)² mixes tokens and shrinks as the batch grows; the
-Fisher is an expectation of squared per-sample gradients. For y = x·Wᵀ the gradient of one token's loss is
-the outer product g_tokᵀ x_tok, so Σ_tok (g_tok²)ᵀ(x_tok²) — one matmul per layer call — is the sum of the
-per-token squared gradients (formats.md A3.3). Embedding rows get g_tok² scatter-added by token id. Cross
-terms between positions of one sequence are dropped, as in the paper.
+Why per sample: the squared *batch* gradient (Σ_s g_s)² mixes samples and shrinks as the batch grows; the
+Fisher is an expectation of squared per-sample gradients. For y = x·Wᵀ the gradient of one token's output
+is the outer product g_tokᵀ x_tok, so the squared gradient of a sample is (Σ_tok∈s g_tokᵀ x_tok)², one small
+matmul per sample and layer. What a sample is depends on the loss:
+- causal LMs ("true", "empirical"): every predicted position has its own loss and label, so a sample is one
+  token and Σ_tok (g_tok²)ᵀ(x_tok²) is the sum (one matmul per layer call; formats.md A3.3). Cross terms
+  between positions vanish in expectation for labels sampled per position, as in the paper.
+- encoders ("embedding"): the loss rᵀe of one sentence's pooled embedding has one gradient per sentence, so
+  the tokens of a sentence are summed before squaring. Squaring per token instead drops the cross-token terms,
+  which mean pooling makes large and coherent: on MiniLM that underestimated the last layer's tensors by up to
+  30× against measured distortion and misranked them (the root of the Fisher plan losing to uniform grids).
+Embedding rows get the (per-sample summed) output gradient scatter-added by token id.
 
 Losses (what makes it a Fisher of the *output distribution* and so a KL predictor):
 - "true": labels sampled from the model's own next-token distribution (Gumbel-max, seeded): the true Fisher,
@@ -42,7 +49,7 @@ FisherMode = Literal["auto", "true", "empirical", "embedding"]
 Task = Literal["causal-lm", "encoder"]
 FISHER_FILE = "fisher.safetensors"
 FISHER_JSON = "fisher.json"
-FISHER_VERSION = 1
+FISHER_VERSION = 2  # 2: encoder Fisher per sentence (1 squared per token)
 #: Fewer calibration tokens than this gives a Fisher too noisy to rank tensors; refuse instead of guessing.
 MIN_CALIBRATION_TOKENS = 256
 
@@ -145,13 +152,37 @@ def sampled_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Te
 Loss = Callable[[nn.Module, Any], tuple[torch.Tensor, int]]
 
 
-def accumulate_fisher(
-    model: nn.Module, batches: Iterable[Any], loss: Loss, *, targets: tuple[str, ...] = ("linear", "embedding")
-) -> tuple[dict[str, torch.Tensor], int]:
-    """Σ per-token squared weight gradients of `loss` over `batches`, divided by the sample count it reports.
+def _add_per_sample(acc: torch.Tensor, g: torch.Tensor, x: torch.Tensor, kind: str) -> None:
+    """Add the squared gradient of each sample (dim 0 of one layer call), its tokens' gradients summed first."""
+    g = g.reshape(g.shape[0], -1, g.shape[-1])
+    if kind != "embedding":
+        x = x.float().reshape(x.shape[0], -1, x.shape[-1])
+        for gs, xs in zip(g, x, strict=True):  # one (out, in) matrix at a time: memory of one gradient
+            acc.add_((gs.T @ xs).square().to(acc.device))
+        return
+    rows = acc.shape[0]
+    ids = x.reshape(x.shape[0], -1)
+    keys = (torch.arange(ids.shape[0], device=ids.device).unsqueeze(1) * rows + ids).reshape(-1)
+    unique, inverse = torch.unique(keys, return_inverse=True)
+    summed = torch.zeros(unique.numel(), g.shape[-1], device=g.device).index_add_(
+        0, inverse, g.reshape(-1, g.shape[-1])
+    )
+    acc.index_add_(0, (unique % rows).to(acc.device), summed.square().to(acc.device))
 
-    `loss(model, batch)` returns (scalar to differentiate, samples in the batch). Hooks see each target
-    module's input and output gradient; nothing is kept in `.grad`.
+
+def accumulate_fisher(
+    model: nn.Module,
+    batches: Iterable[Any],
+    loss: Loss,
+    *,
+    targets: tuple[str, ...] = ("linear", "embedding"),
+    per_sample: bool = False,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Σ per-sample squared weight gradients of `loss` over `batches`, divided by the sample count it reports.
+
+    `loss(model, batch)` returns (scalar to differentiate, samples in the batch). A sample is one token, or with
+    per_sample=True one row of the batch (its tokens' gradients summed before squaring: module docstring).
+    Hooks see each target module's input and output gradient; nothing is kept in `.grad`.
     """
     sites = weight_sites(model, targets)
     if not sites:
@@ -168,6 +199,9 @@ def accumulate_fisher(
         kind = module_kind(module)
 
         def on_grad(g: torch.Tensor) -> None:
+            if per_sample:
+                _add_per_sample(acc, g.detach().float(), x, kind)
+                return
             g2 = g.detach().float().reshape(-1, g.shape[-1]).square()
             if kind == "embedding":
                 acc.index_add_(0, x.reshape(-1).to(acc.device), g2.to(acc.device))
@@ -303,7 +337,7 @@ def estimate_fisher(
         batches = [b for _ in range(config.projections) for b in base]
         loss = embedding_loss(generator)
     try:
-        diagonal, count = accumulate_fisher(work, batches, loss, targets=config.targets)
+        diagonal, count = accumulate_fisher(work, batches, loss, targets=config.targets, per_sample=mode == "embedding")
     finally:
         work.train(was_training)
     return summarize(work, diagonal, mode=mode, seed=config.seed, samples=count, targets=config.targets)
