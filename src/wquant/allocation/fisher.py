@@ -28,6 +28,7 @@ squares underflow and lose the 2-bit headroom the paper needed), so the caller's
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -106,8 +107,9 @@ class FisherEstimate:
                 return t
         raise ParameterError(f"no Fisher for {name!r}; estimated tensors: {', '.join(t.name for t in self.tensors)}")
 
-    def save(self, folder: str | os.PathLike[str]) -> Path:
-        """Write fisher.safetensors + fisher.json atomically (each to a temporary name, then os.replace)."""
+    def save(self, folder: str | os.PathLike[str], provenance: dict[str, Any] | None = None) -> Path:
+        """Write fisher.safetensors + fisher.json atomically (each to a temporary name, then os.replace);
+        `provenance` (`fisher_provenance`) is stored so a later `load` can refuse another model or setting."""
         from safetensors.torch import save_file
 
         out = Path(folder).expanduser()
@@ -120,15 +122,19 @@ class FisherEstimate:
             "seed": self.seed,
             "samples": self.samples,
             "tensors": [asdict(t) for t in self.tensors],
+            "provenance": provenance,
         }
         atomic_write(out / FISHER_JSON, lambda p: p.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
         return out
 
     @staticmethod
-    def load(folder: str | os.PathLike[str]) -> FisherEstimate:
+    def load(folder: str | os.PathLike[str], expect: dict[str, Any] | None = None) -> FisherEstimate:
+        """The saved Fisher; with `expect`, refused unless it was saved for exactly that provenance."""
         from safetensors.torch import load_file
 
         src = Path(folder).expanduser()
+        if expect is not None:
+            check_provenance(src, expect)
         try:
             meta = json.loads((src / FISHER_JSON).read_text(encoding="utf-8"))
             diagonal = load_file(str(src / FISHER_FILE))
@@ -141,6 +147,56 @@ class FisherEstimate:
         if meta.get("version") != FISHER_VERSION or set(diagonal) != {t.name for t in tensors}:
             raise CorruptDataError(f"{src}: saved Fisher is from another version or its files disagree")
         return FisherEstimate(tensors, diagonal, str(meta["mode"]), int(meta["seed"]), int(meta["samples"]))
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of every parameter and buffer (name, dtype, shape, bytes): one model, one digest."""
+    digest = hashlib.sha256()
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def fisher_provenance(model: nn.Module, text: str, task: Task, config: FisherConfig) -> dict[str, Any]:
+    """What a Fisher depends on: the model's weights, the calibration text, every setting and wquant's version."""
+    from wquant import __version__
+
+    settings = {**asdict(config), "mode": resolve_mode(config.mode, task), "targets": list(config.targets)}
+    return {
+        "model_weights_sha256": weights_digest(model),
+        "calibration_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "settings": settings,
+        "wquant": __version__,
+        "format": FISHER_VERSION,
+    }
+
+
+def check_provenance(folder: Path, expect: dict[str, Any]) -> None:
+    """Refuse a saved Fisher made for another model, text, setting or wquant version, naming what differs."""
+    try:
+        stored = json.loads((folder / FISHER_JSON).read_text(encoding="utf-8")).get("provenance")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CorruptDataError(f"{folder}: saved Fisher does not load ({type(exc).__name__}: {exc})") from None
+    if stored == expect:
+        return
+    if not isinstance(stored, dict):
+        differs = ["it records no model or settings (saved by an older wquant)"]
+    else:
+        differs = [
+            label
+            for key, label in (("model_weights_sha256", "another model's weights"),
+                               ("calibration_sha256", "another calibration text"),
+                               ("wquant", f"wquant {stored.get('wquant')}"), ("format", "another Fisher format"))
+            if stored.get(key) != expect[key]
+        ]  # fmt: skip
+        old, new = stored.get("settings") or {}, expect["settings"]
+        differs += [f"{k} {old.get(k)!r} (now {new[k]!r})" for k in new if old.get(k) != new[k]]
+    raise ParameterError(
+        f"the Fisher in {folder} was estimated for {', '.join(differs)}; point --fisher-dir at an empty folder "
+        "(or delete this one) to estimate it again"
+    )
 
 
 def sampled_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -373,6 +429,9 @@ def summarize(
 
 __all__ = [
     "FISHER_FILE",
+    "check_provenance",
+    "fisher_provenance",
+    "weights_digest",
     "FISHER_JSON",
     "MIN_CALIBRATION_TOKENS",
     "FisherConfig",
