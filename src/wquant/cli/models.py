@@ -101,6 +101,9 @@ def quantize_cmd(
     seqlen: Annotated[int, typer.Option(help="tokens per calibration window")] = 512,
     seed: Annotated[int, typer.Option(help="seed of the calibration sampling")] = 0,
     force: Annotated[bool, typer.Option("--force", help="replace an existing non-empty --out folder")] = False,
+    plan: Annotated[
+        Path | None, typer.Option("--plan", help="a plan.json from `wquant study` or `wquant advise --plan-json`")
+    ] = None,
 ) -> None:
     """Quantize a model's Linear (and, with --target embedding, Embedding) weights and save it.
 
@@ -113,6 +116,7 @@ def quantize_cmd(
       wquant quantize ./my-llama -f mxfp4 -t linear -t embedding -x '*.layers.0.*' --out llama-mx
       wquant quantize minilm -f int4/block64:absmax:bf16 --algorithm gptq --calib calib.txt --out minilm-gptq
       wquant quantize minilm -f int4:unsigned/block64:minmax:bf16 --algorithm hqq --out minilm-hqq
+      wquant quantize minilm --plan study/plan.json --out minilm-4bit
     """
     from wquant.io import check_output_folder
     from wquant.models import load_pretrained, model_bits, quantize_, save_quantized
@@ -120,6 +124,9 @@ def quantize_cmd(
     _quiet_transformers()
     config = _config(fmt, override, target, exclude, algorithm)
     check_output_folder(out, force=force)
+    chosen = None if plan is None else _read_plan(plan, override, target, exclude)
+    if chosen is not None:
+        config = chosen.quantize_config(None if algorithm == "rtn" else config.method)
     loaded = load_pretrained(model_dir)
     before = model_bits(loaded.model)
     uses_data = any(c is not None and c.uses_calibration for c in (config.method, *dict(config.overrides).values()))
@@ -127,11 +134,26 @@ def quantize_cmd(
         raise ParameterError(f"--algorithm {algorithm} needs --calib FILE (calibration text)")
     batches = _calibration(loaded, calib, nsamples, seqlen, seed) if calib is not None and uses_data else None
     quantize_(loaded.model, config, calibration=batches, log=_log)
+    if chosen is not None:
+        chosen.check_applied(loaded.model)
     save_quantized(loaded.model, out, tokenizer=loaded.tokenizer, force=force)
     report = model_bits(loaded.model)
     console.print(_bits_table(f"{model_dir}: {before.bits_per_param:.2f} → {report.bits_per_param:.4f} "
                               "bits/param", report))  # fmt: skip
     console.print(f"saved to {out}")
+
+
+def _read_plan(path: Path, *others: list[str] | None) -> Any:
+    """The plan in a plan.json; it fixes every tensor's format, so per-tensor options cannot be combined with it."""
+    from wquant.allocation import Plan
+
+    if any(others):
+        raise ParameterError("--plan fixes every tensor's format; drop --override, --target and --exclude")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParameterError(f"--plan {path}: cannot read it ({exc}); give the plan.json a study wrote") from None
+    return Plan.from_json(text)
 
 
 def _log(message: str) -> None:
