@@ -26,6 +26,7 @@ from wquant.allocation import (
     measure_candidates,
     measure_plan,
     measure_sensitivity,
+    stored_values,
     substituted,
     uniform_plans,
     with_budget_candidates,
@@ -166,6 +167,14 @@ def test_coded_templates_expand_to_a_ladder_of_fixed_steps() -> None:
     assert coded == [f"uniform{ladder_step(b):g}/tensor:rms:bf16+coded" for b in (2, 2.5, 3, 3.5, 4)]
     assert [s for f, s in fams if f.startswith("int")] == [f"int{b}/channel:absmax:fp32" for b in (2, 3, 4)]
     assert ladder_step(4.0) == pytest.approx(math.sqrt(2 * math.pi * math.e) / 16, rel=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["uniform0.25/tensor:rms:bf16+coded", "uniform0.7/channel:rms:bf16+coded:g64"])
+def test_stored_values_skip_the_lossless_coder_bit_for_bit(spec: str) -> None:
+    from wquant.formats import quantize
+
+    w = torch.randn(300, 96, generator=torch.Generator().manual_seed(5)).pow(3)
+    assert torch.equal(stored_values(w, spec), quantize(w, spec).dequantize())
 
 
 def _noise(model: nn.Module, name: str) -> torch.Tensor:

@@ -13,6 +13,8 @@ cost of a sensitivity sweep over a transformer and gives the same numbers as a f
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -23,7 +25,7 @@ from torch import nn
 from wquant.allocation.plan import Plan
 from wquant.data import token_windows
 from wquant.errors import ParameterError
-from wquant.formats import quantize
+from wquant.formats import parse_spec, quantize
 from wquant.models import mean_pooled, weight_sites
 
 
@@ -200,12 +202,21 @@ def substituted(model: nn.Module, weights: dict[str, torch.Tensor]) -> Iterator[
                 param.copy_(old)
 
 
+def stored_values(weight: torch.Tensor, spec: str, name: str = "tensor") -> torch.Tensor:
+    """The values a format stores a weight as. Entropy coding is lossless, so a coded spec's values are those of
+    the same spec uncoded (bitwise; tested): skipping the coder saves an encode and a decode per call."""
+    parsed = parse_spec(spec)
+    if parsed.coding is not None:
+        parsed = dataclasses.replace(parsed, coding=None)
+    return quantize(weight, parsed, name=name).dequantize()
+
+
 def dequantized(model: nn.Module, plan: Plan, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """The planned tensors as the formats will store them (storage layout), without touching the model."""
     sites = {s.name: s for s in weight_sites(model, plan.targets)}
     keep = set(names) if names is not None else None
     return {
-        t.name: quantize(sites[t.name].weight().contiguous(), t.spec, name=t.name).dequantize()
+        t.name: stored_values(sites[t.name].weight().contiguous(), t.spec, t.name)
         for t in plan.tensors
         if keep is None or t.name in keep
     }
@@ -217,12 +228,22 @@ def measure_plan(model: nn.Module, plan: Plan, probe: Any) -> float:
         return probe(model)
 
 
-__all__ = [
-    "CausalProbe",
-    "EncoderProbe",
-    "OutputProbe",
-    "dequantized",
-    "measure_plan",
-    "repeated_blocks",
-    "substituted",
-]
+def measure_plans(model: nn.Module, plans: Sequence[Plan], probe: Any) -> list[float]:
+    """`measure_plan` of each plan; a (tensor, format) pair that several plans share is quantized once."""
+    sites = {s.name: s for s in weight_sites(model)}
+    uses = Counter((t.name, t.spec) for p in plans for t in p.tensors)
+    cache: dict[tuple[str, str], torch.Tensor] = {}
+    out = []
+    for plan in plans:
+        values = {}
+        for t in plan.tensors:
+            key = (t.name, t.spec)
+            value = cache.get(key)
+            if value is None:
+                value = stored_values(sites[t.name].weight().contiguous(), t.spec, t.name)
+                if uses[key] > 1:
+                    cache[key] = value
+            values[t.name] = value
+        with substituted(model, values):
+            out.append(probe(model))
+    return out

@@ -33,9 +33,8 @@ from torch import nn
 
 from wquant.allocation.allocate import allocate, uniform_plan
 from wquant.allocation.plan import Candidate, CandidateTable, Plan, TensorCandidates
-from wquant.allocation.probe import measure_plan, substituted
+from wquant.allocation.probe import measure_plans, stored_values, substituted
 from wquant.errors import ParameterError
-from wquant.formats import quantize
 from wquant.models import weight_sites
 
 #: Slope bounds of the measured curve beyond its largest anchor (d log D / d log u): 1 is the second-order
@@ -121,7 +120,7 @@ def measure_sensitivity(
         points = []
         for i in anchor_candidates(t, levels, family):
             c = t.candidates[i]
-            value = quantize(weight, c.spec, name=t.name).dequantize()
+            value = stored_values(weight, c.spec, t.name)
             with substituted(model, {t.name: value}):
                 points.append((curve_error(t, c), probe(model, perturbed=t.name)))
         curve = interpolate_curve(points)
@@ -192,11 +191,12 @@ def decide(
     whole plan applied, and ship the one with the lower distortion (ties go to the allocation, which then is
     no worse)."""
     plan = allocate(table, budget, weighting)  # type: ignore[arg-type]
-    allocation = Contender("allocation", plan, measure_plan(model, plan, probe))
-    uniform = tuple(Contender(label, p, measure_plan(model, p, probe)) for label, p in uniform_plans(table, budget))
+    labelled = [("allocation", plan), *uniform_plans(table, budget)]
+    measured = measure_plans(model, [p for _, p in labelled], probe)
+    allocation, *uniform = (Contender(label, p, d) for (label, p), d in zip(labelled, measured, strict=True))
     best = min(uniform, key=lambda c: (c.distortion, -c.plan.total_bits), default=None)
     shipped = allocation if best is None or allocation.distortion <= best.distortion else best
-    return Decision(shipped, allocation, uniform)
+    return Decision(shipped, allocation, tuple(uniform))
 
 
 __all__ = [

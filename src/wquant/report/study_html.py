@@ -21,6 +21,7 @@ import numpy as np
 
 from wquant import __version__
 from wquant.io import write_atomic
+from wquant.study.pipeline import PARETO_RANGE, RD_TENSORS
 from wquant.study.summary import Summary, describe, family_name
 
 STYLE = """
@@ -331,7 +332,7 @@ def write_study_report(path: Path, config: Any, summary: Summary, results: dict[
                 "Every candidate evaluated on the held-out text: wquant's allocation at several budgets, the "
                 "Fisher-proxy allocation, and every uniform plan (one format on every tensor, including the "
                 "peers' formats NF4 and MXFP4 as wquant stores them bit-exactly) within "
-                f"{1.5:g} bits/param of the budget. The star is the recommendation.", "pareto"),
+                f"{PARETO_RANGE:g} bits/param of the budget. The star is the recommendation.", "pareto"),
         _details("All evaluated variants", _table(
             [{"variant": r["variant"], "kind": r["kind"], "bits/param": r["bits_per_param"],
               "distortion": r["distortion"], "on the Pareto front": "yes" if r in summary.front else ""}
@@ -370,7 +371,7 @@ def write_study_report(path: Path, config: Any, summary: Summary, results: dict[
         "<h2>Supporting detail</h2>",
         _details(f"Formats against each tensor's rate–distortion bound ({config.element_bits} bits)",
                  "<p class='note'>gap = bits/param spent above R(D) of each tensor's own values (Blahut–Arimoto), "
-                 "averaged over tensors weighted by size.</p>"
+                 f"on {RD_TENSORS} tensors evenly spaced through the model, averaged weighted by size.</p>"
                  + _table(fsummary, ["family", "format", "bits_per_param", "rel_mse", "gap_bits", "tensors"],
                           left=["family", "format"])
                  + _figure(rd_figure(fsummary), "rate-distortion", "Relative weight error against the Gaussian "

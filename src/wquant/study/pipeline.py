@@ -37,14 +37,16 @@ STAGES = ("profile", "plan", "evaluate", "formats", "theory")
 THEORY_BITS = (2, 3, 4, 5, 6)
 MIN_STUDIED_NUMEL = 2**12  # smaller tensors (biases of embeddings, token types) stay unquantized
 MIN_BOUND_SAMPLES = 2**14  # below this the empirical R(D) says more about the sample than the law
-COMPARE_NUMEL = 2**20  # formats are compared on at most this many values of a tensor (whole rows, seeded)
+COMPARE_NUMEL = 2**18  # formats are compared on at most this many values of a tensor (whole rows, seeded)
+RD_TENSORS = 12  # tensors (evenly spaced through the model) whose formats are also compared with their own R(D)
+WIDTH_SAMPLES = 2**14  # values per layer the MSE-optimal clipping width is measured on (seeded)
 #: Candidate families the allocation chooses from: the coded uniform grid (continuous bits, a ladder), the
 #: fixed-rate int grid, and the peers' 4-bit formats as wquant stores them bit-exactly.
 DEFAULT_FAMILIES = ("uniform@{b}/tensor:rms:bf16+coded", "int{b}/block64:absmax:bf16", "nf4", "mxfp4")
 #: Budgets around the requested one at which the allocation is also solved and evaluated (its curve).
 CURVE_OFFSETS = (-1.0, -0.5, 0.0, 0.5, 1.0)
 #: Uniform plans within this many bits/param of the budget are evaluated for the Pareto plot.
-PARETO_RANGE = 1.5
+PARETO_RANGE = 1.0
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,9 @@ class StudyConfig:
 
     @property
     def ladder_bits(self) -> tuple[float, ...]:
-        """Bit widths the `{b}` templates expand over: whole bits from 2 to the budget + 3 (at most 8)."""
-        return tuple(float(b) for b in range(2, min(8, math.ceil(self.budget) + 3) + 1))
+        """Bit widths the `{b}` templates expand over: whole bits within 2 of the budget, in [2, 8]."""
+        low, high = max(2, math.floor(self.budget) - 2), min(8, math.ceil(self.budget) + 2)
+        return tuple(float(b) for b in range(low, max(low, high) + 1))
 
 
 def check_inputs(config: StudyConfig) -> None:
@@ -190,10 +193,13 @@ def stage_profile(model: nn.Module, config: StudyConfig, tick: Callable[[], None
 def stage_formats(
     model: nn.Module, profiles: list[dict[str, Any]], config: StudyConfig, tick: Callable[[], None]
 ) -> list[dict[str, Any]]:
-    """Each tensor × each candidate: all-in bits/param, relative MSE, and extra bits over the tensor's own R(D)."""
+    """Each tensor × each candidate: all-in bits/param, relative MSE, and (on RD_TENSORS of them: Blahut–Arimoto
+    is the cost) extra bits over the tensor's own R(D)."""
     families = {p["name"]: p["family"] for p in profiles}
+    tensors = weight_tensors(model)
+    bounded = {round(i * (len(tensors) - 1) / max(1, RD_TENSORS - 1)) for i in range(min(RD_TENSORS, len(tensors)))}
     rows = []
-    for name, weight in weight_tensors(model):
+    for index, (name, weight) in enumerate(tensors):
         w = weight.detach().float()
         if w.numel() > COMPARE_NUMEL:  # a seeded subset of whole rows keeps per-row and per-block scales honest
             keep = max(1, COMPARE_NUMEL // (w.numel() // w.shape[0]))
@@ -205,7 +211,7 @@ def stage_formats(
             q = quantize(w, spec, name=name)
             rel = float((q.dequantize() - w).square().sum()) / energy
             bpp = q.bits_per_param()
-            gap = _gap_bits(bpp, rel, samples)
+            gap = _gap_bits(bpp, rel, samples) if index in bounded else float("nan")
             rows.append({"tensor": name, "family": label, "spec": q.spec.to_string(), "numel": w.numel(),
                          "bits_per_param": bpp, "rel_mse": rel, "gap_bits": gap})  # fmt: skip
         tick()
@@ -225,9 +231,9 @@ def _gap_bits(bits: float, rel_mse: float, samples: np.ndarray) -> float:
 def measured_optimal_width(weight: torch.Tensor, bits: int, widths: np.ndarray, seed: int) -> float:
     """ω (in RMS units) minimising the MSE of a 2^b-level uniform grid on [-ω, ω] over the tensor's values."""
     values = weight.detach().reshape(-1).double()
-    if values.numel() > 2**16:
+    if values.numel() > WIDTH_SAMPLES:
         gen = torch.Generator().manual_seed(seed)
-        values = values[torch.randperm(values.numel(), generator=gen)[: 2**16]]
+        values = values[torch.randperm(values.numel(), generator=gen)[:WIDTH_SAMPLES]]
     z = values / values.square().mean().sqrt()
     omega = torch.as_tensor(widths, dtype=torch.float64)[:, None]
     step = 2 * omega / (2**bits - 1)
@@ -407,17 +413,19 @@ def pareto_variants(plan: dict[str, Any], config: StudyConfig) -> list[tuple[str
 def stage_evaluate(loaded: Any, plan: dict[str, Any], config: StudyConfig, tick: Callable[[], None]) -> dict[str, Any]:
     """Score every variant on the evaluation text (weights substituted in place, exact planned bits), then
     quantize a copy with the shipped plan for real and measure it end to end."""
-    from wquant.allocation import measure_plan
+    from wquant.allocation import measure_plans
     from wquant.evaluate import compare_causal, compare_encoders
     from wquant.models import model_bits, quantize_
 
     probe = eval_probe(loaded, config)
-    rows = []
-    for i, (label, kind, p) in enumerate(pareto_variants(plan, config)):
-        rows.append({"variant": label, "kind": kind, "bits_per_param": p.bits_per_param,
-                     "distortion": measure_plan(loaded.model, p, probe), "shipped": i == 0,
-                     "families": sorted({t.family for t in p.tensors})})  # fmt: skip
-        tick()
+    variants = pareto_variants(plan, config)
+    distortions = measure_plans(loaded.model, [p for _, _, p in variants], probe)
+    rows = [
+        {"variant": label, "kind": kind, "bits_per_param": p.bits_per_param, "distortion": d, "shipped": i == 0,
+         "families": sorted({t.family for t in p.tensors})}
+        for i, ((label, kind, p), d) in enumerate(zip(variants, distortions, strict=True))
+    ]  # fmt: skip
+    tick()
     shipped = shipped_plan(plan)
     start = time.perf_counter()
     model = copy.deepcopy(loaded.model)
