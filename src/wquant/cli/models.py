@@ -137,6 +137,9 @@ def quantize_cmd(
     seqlen: Annotated[int, typer.Option(help="tokens per calibration window")] = 512,
     seed: Annotated[int, typer.Option(help="seed of the calibration sampling")] = 0,
     force: Annotated[bool, typer.Option("--force", help="replace an existing non-empty --out folder")] = False,
+    plan: Annotated[
+        Path | None, typer.Option("--plan", help="a plan.json from `wquant study` or `wquant advise --plan-json`")
+    ] = None,
 ) -> None:
     """Quantize a model's Linear (and, with --target embedding, Embedding) weights and save it.
 
@@ -152,6 +155,7 @@ def quantize_cmd(
       wquant quantize ./my-llama -f int4:unsigned/block64:zeropoint:fp16 --algorithm awq --calib c.txt --out l-awq
       wquant quantize ./my-llama -f int8/channel:absmax:fp32 --algorithm smoothquant --calib c.txt --out l-w8a8
       wquant quantize ./my-llama -f int8/channel:absmax:fp32 --activations int8/tensor:static --calib c.txt --out q
+      wquant quantize minilm --plan study/plan.json --out minilm-4bit
     """
     from wquant.io import check_output_folder
     from wquant.models import load_pretrained, model_bits, quantize_, save_quantized
@@ -159,11 +163,15 @@ def quantize_cmd(
     _quiet_transformers()
     config = _config(fmt, override, target, exclude, algorithm, activations)
     check_output_folder(out, force=force)
+    chosen = None if plan is None else _read_plan(plan, override, target, exclude)
+    if chosen is not None:
+        planned = chosen.quantize_config(None if algorithm == "rtn" else config.method)
+        config = dataclasses.replace(planned, activations=config.activations)
     configs = [c for c in (config.method, *dict(config.overrides).values()) if c is not None]
     per_module = isinstance(config.activations, tuple)
     specs = [a for _, a in config.activations] if per_module else [config.activations_for(c) for c in configs]
     static = [a for a in specs if a is not None and a.static]
-    if calib is None and config.method.needs_calibration:
+    if calib is None and any(c.needs_calibration for c in configs):
         raise ParameterError(f"--algorithm {algorithm} needs --calib FILE (calibration text)")
     if calib is None and static:
         raise ParameterError(f"static activation scales ({static[0]}) are calibrated: give calibration batches with "
@@ -173,6 +181,8 @@ def quantize_cmd(
     uses_data = bool(static) or any(c.uses_calibration or callable(getattr(c, "channel_scales", None)) for c in configs)
     batches = _calibration(loaded, calib, nsamples, seqlen, seed) if calib is not None and uses_data else None
     reports = quantize_(loaded.model, config, calibration=batches, log=_log)
+    if chosen is not None:
+        chosen.check_applied(loaded.model)
     save_quantized(loaded.model, out, tokenizer=loaded.tokenizer, force=force)
     report = model_bits(loaded.model)
     console.print(_bits_table(f"{model_dir}: {before.bits_per_param:.2f} → {report.bits_per_param:.4f} "
@@ -183,6 +193,19 @@ def quantize_cmd(
         console.print(f"inputs of {layers} layers quantized as {spec}: {bits:.4g} bits per activation element "
                       "(codes + dynamic scales)")  # fmt: skip
     console.print(f"saved to {out}")
+
+
+def _read_plan(path: Path, *others: list[str] | None) -> Any:
+    """The plan in a plan.json; it fixes every tensor's format, so per-tensor options cannot be combined with it."""
+    from wquant.allocation import Plan
+
+    if any(others):
+        raise ParameterError("--plan fixes every tensor's format; drop --override, --target and --exclude")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParameterError(f"--plan {path}: cannot read it ({exc}); give the plan.json a study wrote") from None
+    return Plan.from_json(text)
 
 
 def _log(message: str) -> None:
