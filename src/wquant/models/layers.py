@@ -149,6 +149,7 @@ class QuantizedLinear(nn.Module):
         self.layout = layout
         self.out_features, self.in_features = weight.shape[0], int(torch.Size(weight.shape[1:]).numel())
         self.bias = bias
+        self.input_quant: nn.Module | None = None  # quantizes the input on the fly (models.activations)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -157,6 +158,8 @@ class QuantizedLinear(nn.Module):
         return w.t() if self.layout == "transposed" else w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quant is not None:
+            x = self.input_quant(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return self.qweight.linear(x, bias)  # kernels: the reference was F.linear(x, Ŵ.to(x.dtype), bias)
 
