@@ -64,7 +64,9 @@ class CodedKernel:
         held = dict(inner.held)
         if not inner.drops_codes:
             held.setdefault("codes", fixed.packed_codes)
-        return RuntimeState(self, dtype, inner.q, held=held, drops_codes=same, data=CodedData(inner, codes.dtype, group))
+        return RuntimeState(
+            self, dtype, inner.q, held=held, drops_codes=same, data=CodedData(inner, codes.dtype, group)
+        )
 
     def linear(self, x: torch.Tensor, state: RuntimeState, bias: torch.Tensor | None) -> torch.Tensor:
         inner = state.data.inner

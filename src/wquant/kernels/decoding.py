@@ -6,7 +6,6 @@ codes go through a 256-entry byte → (low, high) value table a cache-sized chun
 through `unpack_bits`).
 """
 
-
 from __future__ import annotations
 
 import sys

@@ -46,7 +46,9 @@ class KernelHost:
         return fields
 
     def _stored(self) -> QuantizedTensor:
-        return QuantizedTensor.from_state(self.canonical_fields(), self.spec, self.shape, self.stored_dtype, check=False)
+        return QuantizedTensor.from_state(
+            self.canonical_fields(), self.spec, self.shape, self.stored_dtype, check=False
+        )
 
     def prepare_kernel(self, dtype: torch.dtype, kernel: Kernel | None = None) -> RuntimeState:
         """Make (or remake) the runtime state for inputs of `dtype`: the selected kernel's, or `kernel`'s."""

@@ -29,6 +29,10 @@ MM_MAX_ROWS = 64
 ROW_MULTIPLE = 32
 
 
+def _ops_present() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
 @dataclass(frozen=True)
 class Int8Data:
     grid: Grid
@@ -45,7 +49,7 @@ class Int8CpuKernel:
             return reason
         if dtype not in DTYPES:
             return f"{dtype} inputs: torch's CPU int8 kernel is vectorised for bfloat16 only"
-        if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+        if not _ops_present():
             return "torch has no _weight_int8pack_mm"
         if q.spec.coding is not None or q.spec.outliers is not None:
             return "entropy-coded codes or outliers are not int8 rows"

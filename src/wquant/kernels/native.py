@@ -122,8 +122,8 @@ void wq_decode(const uint8_t* codes, int64_t nbytes, int64_t width, int64_t cols
 }
 """
 
-_ARGS = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-         ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]  # fmt: skip
+_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
+_ARGS = [_PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR]
 #: Elements below which one thread decodes the whole tensor (thread hand-off costs more than it saves).
 PARALLEL_MIN = 1 << 18
 MAX_WIDTH = 16
@@ -198,7 +198,9 @@ def decode(
         lib.wq_decode(*args, 0, rows, *tail)
         return out
     bounds = [rows * i // threads for i in range(threads + 1)]
-    jobs = [_pool(threads).submit(lib.wq_decode, *args, lo, hi, *tail) for lo, hi in zip(bounds, bounds[1:])]
+    jobs = [
+        _pool(threads).submit(lib.wq_decode, *args, lo, hi, *tail) for lo, hi in zip(bounds, bounds[1:], strict=False)
+    ]
     for job in jobs:
         job.result()
     return out

@@ -21,8 +21,6 @@ from wquant.kernels.decoding import cpu_refusal, decode, grid_levels, linear_fro
 from wquant.kernels.registry import RuntimeState, register_kernel
 
 
-
-
 @dataclass(frozen=True)
 class TableKernel:
     name: str = "table"
