@@ -184,8 +184,10 @@ def main() -> None:
         f"{torch.backends.cpu.get_cpu_capability()}), compiled table decoder "
         f"{'present' if native.library() is not None else 'absent (torch fallback)'}. "
         f"{__doc__.split(chr(10) + chr(10))[1]}"
-        " Medians; ratios below 1 mean wquant is faster. The machine has 2 cores shared with other jobs, so the "
-        "2-thread rows are the noisiest.",
+        " Medians; forward ratios below 1 and dequantize ratios above 1 mean wquant is faster. The machine has 2 "
+        "cores shared with other jobs: when a neighbour holds a core, every system's 2-thread run stalls in OpenMP "
+        "waits (compare the fp32 column at 1 and 2 threads), so the 2-thread rows show that all systems suffer alike "
+        "and only their ratios mean anything.",
         "",
         "### Dequantize throughput (target ≥ 1.5× bitsandbytes)",
         "",
