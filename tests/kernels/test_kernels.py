@@ -128,7 +128,7 @@ def test_corner_cases(spec: str) -> None:
             _check_linear(q, torch.randn(2, weight.shape[1], generator=_gen(10)).to(dtype))
 
 
-def test_eager_and_native_decoders_agree() -> None:
+def test_eager_and_native_decoders_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     """The optional compiled decoder and the torch fallback give the same bits (the fallback always runs)."""
     for spec in ("nf4", "int4-g128", "int3/block64:absmax:bf16", "mxfp6", "int8-channel", "q4_k"):
         q = quantize(_weight(24, 256, seed=11), spec)
@@ -137,6 +137,11 @@ def test_eager_and_native_decoders_agree() -> None:
         assert torch.equal(eager, q.dequantize()), spec
         if native.library() is not None:
             assert torch.equal(decode(q, q.packed_codes, grid, levels), eager), spec
+            with monkeypatch.context() as patch:  # large outputs: streaming stores, several threads
+                patch.setattr(native, "STREAM_MIN", 0)
+                patch.setattr(native, "PARALLEL_MIN", 0)
+                patch.setattr(torch, "get_num_threads", lambda: 3)
+                assert torch.equal(decode(q, q.packed_codes, grid, levels), eager), spec
 
 
 def test_registry_order_and_fallback(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,8 @@ the reference multiplies, and the file is built with `-ffp-contract=off`, so the
 Eager torch cannot fuse unpack → look-up → scale (each op is another pass over the weight: 0.6× bitsandbytes'
 dequantize, against ≥ 4× for this loop on layer-sized tensors), so the C source below is compiled once with the
 system C compiler into `~/.cache/wquant/kernels/` and called through ctypes (the GIL is released during the
-call; rows are split across `torch.get_num_threads()` threads). Without a compiler, or with `WQUANT_NATIVE=0`,
+call; rows are split across `torch.get_num_threads()` threads; outputs of `STREAM_MIN` values or more are
+written with streaming stores, which skip the read-for-ownership of lines that would not stay in cache). Without a compiler, or with `WQUANT_NATIVE=0`,
 `library()` is None and the kernels use their eager torch path, which gives the same bits, slower.
 """
 
@@ -49,7 +50,7 @@ static inline uint32_t code_at(const uint8_t* codes, int64_t nbytes, int64_t i, 
    (srow 0: one scale for all rows); offsets NULL or indexed like scales; levels has 2^width entries */
 void wq_decode(const uint8_t* codes, int64_t nbytes, int64_t width, int64_t cols, int64_t r0, int64_t r1,
                int64_t block, const float* levels, const float* scales, const float* offsets, int64_t srow,
-               float* out) {
+               float* out, int64_t stream) {
     const uint32_t mask = (uint32_t)((1u << width) - 1u);
     const int64_t groups = (cols + block - 1) / block;
     const int aligned4 = width == 4 && (cols & 1) == 0;
@@ -85,8 +86,13 @@ void wq_decode(const uint8_t* codes, int64_t nbytes, int64_t width, int64_t cols
                             __m256 v1 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(tlo, i1),
                                                          _mm256_permutevar8x32_ps(thi, i1),
                                                          _mm256_castsi256_ps(_mm256_slli_epi32(i1, 28)));
-                            _mm256_storeu_ps(o + j, v0);
-                            _mm256_storeu_ps(o + j + 8, v1);
+                            if (stream && (((uintptr_t)(o + j)) & 31) == 0) {
+                                _mm256_stream_ps(o + j, v0); /* bypass the cache: no read-for-ownership */
+                                _mm256_stream_ps(o + j + 8, v1);
+                            } else {
+                                _mm256_storeu_ps(o + j, v0);
+                                _mm256_storeu_ps(o + j + 8, v1);
+                            }
                         }
                     }
 #endif
@@ -119,13 +125,18 @@ void wq_decode(const uint8_t* codes, int64_t nbytes, int64_t width, int64_t cols
             }
         }
     }
+#if defined(__AVX2__)
+    if (stream) _mm_sfence(); /* streamed stores visible before the caller reads them */
+#endif
 }
 """
 
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
-_ARGS = [_PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR]
+_ARGS = [_PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _I64]
 #: Elements below which one thread decodes the whole tensor (thread hand-off costs more than it saves).
 PARALLEL_MIN = 1 << 18
+#: Outputs of at least this many values are written with streaming stores (they would not stay in cache anyway).
+STREAM_MIN = 1 << 22
 MAX_WIDTH = 16
 
 
@@ -191,8 +202,9 @@ def decode(
     offsets = None if offsets is None else offsets.contiguous()
     srow = 0 if scales.shape[0] == 1 else scales.shape[1]
     args = (codes.data_ptr(), codes.numel(), width, cols)
+    stream = int(rows * cols >= STREAM_MIN)
     tail = (block, levels.data_ptr(), scales.data_ptr(), 0 if offsets is None else offsets.data_ptr(), srow,
-            out.data_ptr())  # fmt: skip
+            out.data_ptr(), stream)  # fmt: skip
     threads = min(torch.get_num_threads(), rows)
     if threads <= 1 or rows * cols < PARALLEL_MIN:
         lib.wq_decode(*args, 0, rows, *tail)
