@@ -8,11 +8,12 @@ the reference multiplies, and the file is built with `-ffp-contract=off`, so the
 `QuantizedTensor.dequantize()`.
 
 Eager torch cannot fuse unpack → look-up → scale (each op is another pass over the weight: 0.6× bitsandbytes'
-dequantize, against ≥ 4× for this loop on layer-sized tensors), so the C source below is compiled once with the
-system C compiler into `~/.cache/wquant/kernels/` and called through ctypes (the GIL is released during the
-call; rows are split across `torch.get_num_threads()` threads; outputs of `STREAM_MIN` values or more are
-written with streaming stores, which skip the read-for-ownership of lines that would not stay in cache). Without a compiler, or with `WQUANT_NATIVE=0`,
-`library()` is None and the kernels use their eager torch path, which gives the same bits, slower.
+dequantize, against 1.3–1.8× for this loop on layer-sized tensors, BENCHMARKS.md), so the C source below is
+compiled once with the system C compiler into `~/.cache/wquant/kernels/` and called through ctypes (the GIL is
+released during the call; rows are split across `torch.get_num_threads()` threads; outputs of `STREAM_MIN`
+values or more are written with streaming stores, which skip the read-for-ownership of lines that would not stay
+in cache). It is optional: without a compiler, or with `WQUANT_NATIVE=0`, `library()` is None and the kernels
+use their eager torch path, which gives the same bits, slower.
 """
 
 from __future__ import annotations
