@@ -152,7 +152,7 @@ def forward_rows(name: str, model: nn.Module, max_tokens: int, repeats: int) -> 
         torch.set_num_threads(threads)
         for batch, tokens in BATCHES:
             tokens = min(tokens, max_tokens)
-            reps = repeats if batch == 1 else max(3, repeats // 3)
+            reps = repeats if batch == 1 else max(5, 2 * repeats // 3)
             timed = forward_latency(models, token_batch(vocab, batch, tokens), repeats=reps)
             got = {k: v.median_s for k, v in timed.items()}
             bnb, fp32 = got["bnb Linear4bit NF4 b64"], got["fp32"]
@@ -167,7 +167,7 @@ def forward_rows(name: str, model: nn.Module, max_tokens: int, repeats: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="update the section in BENCHMARKS.md")
-    parser.add_argument("--repeats", type=int, default=15, help="timed rounds (batch 32: a third of them)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed rounds (batch 32: two thirds of them)")
     args = parser.parse_args()
     load_before = machine_line()
     deq = dequantize_rows(args.repeats)
