@@ -13,6 +13,9 @@ The reference stays, is what every kernel is tested against, and serves any layo
 >>> state = prepare(q, torch.float32); y = state.kernel.linear(x, state, bias)
 """
 
+import torch
+
+from wquant.formats.quantized import QuantizedTensor
 from wquant.kernels import coded, int4_cpu, int8_cpu, table  # noqa: F401  (registration, in preference order)
 from wquant.kernels.decoding import decode
 from wquant.kernels.reference import REFERENCE, reference_linear
@@ -21,11 +24,10 @@ from wquant.kernels.registry import KERNELS, Kernel, RuntimeState, explain, prep
 register_kernel(REFERENCE)  # last: it accepts everything
 
 
-def dequantize(q, dtype=None):  # type: ignore[no-untyped-def]
-    """Ŵ through the fastest kernel (bit-identical to `q.dequantize()`); coded streams are decoded first."""
-    import torch
-
-    state = prepare(q, torch.float32 if dtype is None else dtype)
+def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Ŵ through the kernel selected for `dtype` inputs (bit-identical to `q.dequantize()`); coded streams are
+    decoded first. Prepares the kernel on every call: for repeated use keep `prepare(q, dtype)`'s state."""
+    state = prepare(q, dtype)
     return state.kernel.dequantize(state)
 
 

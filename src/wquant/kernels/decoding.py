@@ -56,7 +56,9 @@ def decoded_scales(q: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor | Non
     sc = q.spec.scaling
     rows, groups = group_shape(sc, q.shape)
     name = sc.scale_format.name
-    if name in _IEEE and sys.byteorder == "little":
+    if sc.two_level:  # GGUF-style sub-scale codes × super-block scales: the reference's own decoder
+        scales = q.scales()
+    elif name in _IEEE and sys.byteorder == "little":
         scales = _float_view(q.packed_scales, _IEEE[name], rows * groups).view(rows, groups)
     elif name in _E8M0:
         scales = torch.exp2(q.packed_scales[: rows * groups].to(torch.float32) - E8M0_BIAS).view(rows, groups)
@@ -64,7 +66,7 @@ def decoded_scales(q: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor | Non
         scales = q.scales()
     if q.packed_offsets is None:
         return scales, None
-    if sc.rule == "minmax" and name in _IEEE and sys.byteorder == "little":
+    if sc.rule == "minmax" and not sc.two_level and name in _IEEE and sys.byteorder == "little":
         return scales, _float_view(q.packed_offsets, _IEEE[name], rows * groups).view(rows, groups)
     return scales, q.offsets(scales)
 

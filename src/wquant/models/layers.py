@@ -5,8 +5,10 @@ uint8 buffers, and its spec/shape/dtype as extra state, so `state_dict()` / `loa
 it, `.to(device)` moves it and `.to(dtype)` leaves its exact bits alone. Resident memory is its `bits()/8`
 plus at most a byte per field. `QuantizedLinear` (replaces nn.Linear and transformers' Conv1D) and
 `QuantizedEmbedding` hold a PackedWeight as a child module; tied weights share one child, so they are stored
-and counted once. Each forward decodes the weight (embeddings: only the rows looked up) unless a cache of the
-decoded weight was switched on (`PackedWeight.cache`), which gives memory back for speed.
+and counted once. A QuantizedLinear runs its weight through the kernel `wquant.kernels` selects for the stored
+layout and the input dtype (prepared on the first forward, never saved; docs/inference.md); embeddings decode
+only the rows looked up; while a cache of the decoded weight is switched on (`PackedWeight.cache`, the
+calibration walk) that copy is used instead.
 """
 
 from __future__ import annotations
