@@ -177,3 +177,21 @@ def test_activation_specs_per_module_first_match_wins() -> None:
                                               activations={"*.o_proj": "none"}), calibration=_batches(96))}  # fmt: skip
     assert sq["model.layers.0.self_attn.o_proj"].activations is None  # SmoothQuant works with each module's spec
     assert sq["model.layers.0.self_attn.q_proj"].activations is None  # unmatched modules keep float inputs
+
+
+def test_stored_divisors_stay_in_fp16_range_when_a_channel_is_almost_silent() -> None:
+    """A channel whose activations are ~1e-20 gets a SmoothQuant scale near 1e-10, which fp16 stores as 0: the
+    divisor must be clamped into fp16's normal range (exactness is kept: the weights take the stored value)."""
+    from wquant.models.activations import stored_divisor
+
+    stored = stored_divisor(torch.tensor([1e-12, 1.0, 1e9, float("nan")])).float()
+    assert bool(torch.isfinite(stored).all() and (stored > 0).all()) and stored[1] == 1.0
+    bert = tiny_bert()
+    last = bert.encoder.layer[-1].output.LayerNorm
+    with torch.no_grad():
+        last.weight[0], last.bias[0] = 1e-20, 0.0  # the pooler's input channel 0 almost silent
+    batch = [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in _batches(120)]
+    wquant.quantize_(bert, SmoothQuantConfig(fold="store"), calibration=batch)
+    with torch.no_grad():
+        out = bert(**batch[0])
+    assert bool(torch.isfinite(out.last_hidden_state).all() and torch.isfinite(out.pooler_output).all())

@@ -90,8 +90,14 @@ class InputQuantizer(nn.Module):
 
 
 def stored_divisor(scale: torch.Tensor) -> nn.Parameter:
-    """A smoothing scale as the fp16 divisor it is stored as (weights must be scaled by this very value)."""
-    return nn.Parameter(scale.detach().to(torch.float16).reshape(-1).clone(), requires_grad=False)
+    """A smoothing scale as the fp16 divisor it is stored as (weights must be scaled by this very value).
+
+    The scale is first clamped into fp16's normal range: a channel with almost no activation gets s near 0,
+    which fp16 would store as 0 (a division by zero, NaN downstream), and a huge s would store as inf. Any
+    positive s keeps the product exact, since the weights are multiplied by the stored value."""
+    info = torch.finfo(torch.float16)
+    bounded = scale.detach().float().nan_to_num(nan=1.0).clamp(min=info.tiny, max=info.max)
+    return nn.Parameter(bounded.to(torch.float16).reshape(-1).clone(), requires_grad=False)
 
 
 def input_quantizers(model: nn.Module) -> list[tuple[str, InputQuantizer]]:
