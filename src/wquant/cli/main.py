@@ -12,6 +12,7 @@ from wquant import __version__
 from wquant.cli import advise as advise_cli
 from wquant.cli import formats as formats_cli
 from wquant.cli import models as models_cli
+from wquant.cli import qat as qat_cli
 from wquant.cli import study as study_cli
 from wquant.cli import sweep as sweep_cli
 from wquant.cli import theory as theory_cli
@@ -58,6 +59,7 @@ app.command("study")(study_cli.study)
 app.command("sweep")(sweep_cli.sweep)
 app.add_typer(models_cli.app)  # quantize, eval, train-lm
 app.add_typer(advise_cli.app)  # advise
+app.add_typer(qat_cli.app)  # qat
 
 
 if __name__ == "__main__":  # pragma: no cover
