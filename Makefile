@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 TORCH := torch==2.13.0
 
-.PHONY: demo test slow fuzz lint bench bench-models clean venv
+.PHONY: demo test slow fuzz lint bench bench-models interop clean venv browser
 
 venv: $(STAMP)
 
@@ -19,7 +19,16 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(BIN)/wquant study minilm --budget 4.0 --out demo-study --force
 
-test: venv
+# the study report's test opens it in headless Chromium; install it where the machine allows (root + apt),
+# otherwise that one test skips
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "chromium is not installed and cannot be installed here: the report's browser test will skip"
+
+test: venv browser
 	$(BIN)/python -m pytest -m "not slow"
 
 # real-model checks (MiniLM cosine vs the published 0.9499, allocation and GPTQ end to end): minutes each
@@ -47,6 +56,11 @@ bench: venv
 bench-models: venv
 	$(BIN)/python -m pip install -q -e ".[dev,bench]" $(TORCH)
 	nice -n 10 $(BIN)/python benchmarks/models.py --paragraphs 300
+
+# llama.cpp runs the GGUF files wquant exports (testbed logits KL, MiniLM embedding cosine). Not part of `make test`:
+# the first run builds llama.cpp from the llama-cpp-python sdist into ~/.cache/wquant/llama-cpp (~15 min on 2 cores)
+interop: venv
+	nice -n 10 $(BIN)/python benchmarks/interop_llamacpp.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -19,6 +19,10 @@ class TensorError(WquantError, ValueError):
     """A tensor given to wquant is unusable: NaN/Inf, empty, wrong dtype or wrong shape."""
 
 
+class ScaleRangeError(TensorError):
+    """A tensor's magnitude is outside what its format's scales can store (fp16 scales of weights near 1e30)."""
+
+
 class ParameterError(WquantError, ValueError):
     """A numeric parameter is outside its valid range (bits, block size, alpha, beta, budget, ...)."""
 

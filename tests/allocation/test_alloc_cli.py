@@ -49,7 +49,7 @@ def test_prints_plan_and_applies_it(model_dir: Path, calib: Path, tmp_path: Path
     ]
     result = runner.invoke(app, [*_args(model_dir, calib, "4.0"), *extra])
     assert result.exit_code == 0, result.output
-    assert "lm_head.weight" in result.output and "predicted ΔKL" in result.output and "all-in" in result.output
+    assert "lm_head.weight" in result.output and "predicted distortion" in result.output and "all-in" in result.output
     loaded = load_quantized(out)
     bits = model_bits(loaded).bits_per_param
     planned = json.loads((tmp_path / "plan.json").read_text())["bits_per_param"]

@@ -56,6 +56,46 @@ def test_true_mode_converges_to_the_model_fisher() -> None:
     assert float(rel.max()) < 0.08 and float(rel.mean()) < 0.03
 
 
+class _Pooled(nn.Module):
+    """Embedding → Linear → tanh → Linear, mean-pooled over tokens: one output per sample (an encoder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(7, 5)
+        self.a = nn.Linear(5, 6)
+        self.b = nn.Linear(6, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(self.emb(ids)))).mean(dim=1)
+
+
+def test_per_sample_mode_equals_brute_force_per_sample_gradients() -> None:
+    """per_sample=True: Σ_s (∂ rᵀe_s/∂W)², with e_s pooled over the sample's tokens, by autograd one sample at a
+    time; repeated token ids in a sample add up before squaring. Squaring per token instead is not it."""
+    model = _Pooled()
+    gen = torch.Generator().manual_seed(4)
+    ids = torch.randint(0, 7, (12, 9), generator=gen)  # 9 tokens from 7 ids: every sample repeats an id
+    r = torch.randn(12, 3, generator=gen)
+    batches = list(zip(ids.split(4), r.split(4), strict=True))
+
+    def loss(m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        return (m(b[0]) * b[1]).sum(), b[0].shape[0]
+
+    diag, count = accumulate_fisher(model, batches, loss, per_sample=True)
+    weights = {"emb.weight": model.emb.weight, "a.weight": model.a.weight, "b.weight": model.b.weight}
+    expected = {k: torch.zeros_like(w) for k, w in weights.items()}
+    for s in range(12):
+        grads = torch.autograd.grad((model(ids[s : s + 1]) * r[s]).sum(), list(weights.values()))
+        for k, g in zip(weights, grads, strict=True):
+            expected[k] += g.square() / 12
+    assert count == 12
+    for k in weights:
+        assert torch.allclose(diag[k], expected[k], rtol=1e-5, atol=1e-9), k
+    per_token, _ = accumulate_fisher(model, batches, loss)
+    assert not torch.allclose(per_token["b.weight"], expected["b.weight"], rtol=0.2)
+
+
 def test_causal_estimate_is_seeded_and_summarised(tiny_llama, char_tok) -> None:  # noqa: ANN001
     config = FisherConfig(window=32, max_windows=12, batch_size=4)
     a = estimate_fisher(tiny_llama, char_tok, TEXT, "causal-lm", config)

@@ -92,7 +92,7 @@ def test_bad_inputs_fail_clearly() -> None:
     with pytest.raises(TensorError, match="NaN"):
         quantize_(model, GPTQConfig(), calibration=bad)
     with pytest.raises(ParameterError, match="unknown"):
-        config_for("awq", parse_spec("nf4"))
+        config_for("no-such-algorithm", parse_spec("nf4"))
     assert isinstance(config_for("rtn-search", parse_spec("nf4")), RTNConfig)
     nupes = config_for("nupes", parse_spec("int3/block128:absmax:fp16"))
     assert nupes == NUPESConfig(bits=3, scaling="block128:absmax:fp16")
@@ -211,15 +211,16 @@ def test_per_module_configs_give_each_layer_its_own_format() -> None:
 
 def _recorded_hessians(model: nn.Module, batches: list, block_cache: bool) -> dict[str, torch.Tensor]:
     """Run the walk with GPTQ as each layer's quantizer, recording the Hessian every layer was given."""
-    from wquant.algorithms import gptq
+    from wquant.algorithms import LayerStatistics, gptq
     from wquant.models.layers import PackedWeight
     from wquant.models.sites import set_submodule
 
     seen: dict[str, torch.Tensor] = {}
     paths = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
 
-    def on_layer(path: str, hessian: torch.Tensor | None, tokens: int) -> None:
-        assert hessian is not None
+    def on_layer(path: str, stats: LayerStatistics | None) -> None:
+        assert stats is not None
+        hessian = stats.hessian()
         seen[path] = hessian.clone()
         layer = model.get_submodule(path)
         q = gptq(layer.weight.detach(), hessian, GPTQConfig("int3/block16:absmax:bf16")).quantized

@@ -6,8 +6,17 @@ algorithm by its config type in the registry.
 >>> from wquant.algorithms import GPTQConfig, gptq, hessian_from_inputs
 >>> q = gptq(layer.weight, hessian_from_inputs(x), GPTQConfig("nf4/block64:absmax:fp32")).quantized
 >>> q = hqq(layer.weight, HQQConfig("int4:unsigned/block64:minmax:bf16"))  # data-free zero optimisation
+>>> r = awq([layer.weight], statistics_from_inputs(x), AWQConfig("int4/block64:absmax:fp16"))  # scales + clip
 """
 
+from wquant.algorithms.activations import (
+    ACTIVATION_PRESETS,
+    ActivationSpec,
+    fake_quantize,
+    parse_activations,
+    static_scale,
+)
+from wquant.algorithms.awq import AWQConfig, AWQResult, awq, awq_round, awq_scales
 from wquant.algorithms.gptq import DampingWarning, GPTQConfig, GPTQResult, gptq
 from wquant.algorithms.hqq import HQQConfig, hqq, shrink_lp
 from wquant.algorithms.nupes import NUPESConfig, NUPESResult, learn_codes, nupes, power_spec, search_exponent
@@ -23,10 +32,38 @@ from wquant.algorithms.registry import (
     register,
 )
 from wquant.algorithms.rtn import IMPORTANCE_KINDS, RTNConfig, importance_weights, rtn, search_scales
-from wquant.algorithms.statistics import HessianAccumulator, hessian_from_inputs, relative_error
+from wquant.algorithms.smoothing import ChannelScales
+from wquant.algorithms.smoothquant import SmoothQuantConfig, migration_scales, smoothquant_scales
+from wquant.algorithms.statistics import (
+    HessianAccumulator,
+    LayerStatistics,
+    hessian_from_inputs,
+    relative_error,
+    statistics_from_inputs,
+)
+from wquant.algorithms.zeroquant import LKDResult, ZeroQuantConfig, lkd
 
 __all__ = [
+    "ACTIVATION_PRESETS",
     "ALGORITHMS",
+    "AWQConfig",
+    "AWQResult",
+    "ActivationSpec",
+    "ChannelScales",
+    "LKDResult",
+    "LayerStatistics",
+    "SmoothQuantConfig",
+    "ZeroQuantConfig",
+    "awq",
+    "awq_round",
+    "awq_scales",
+    "fake_quantize",
+    "lkd",
+    "migration_scales",
+    "parse_activations",
+    "smoothquant_scales",
+    "static_scale",
+    "statistics_from_inputs",
     "IMPORTANCE_KINDS",
     "Algorithm",
     "DampingWarning",

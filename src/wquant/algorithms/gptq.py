@@ -8,7 +8,9 @@ Rounding goes through the format's own codebook and the group's scale, so every 
 NF4, cube-root, power, LUT, fitted tables) works, not only uniform ones. A group's scale is fixed when
 GPTQ first reaches one of its columns, from the error-corrected weights at that moment ("dynamic"
 groups; the reference repository's behaviour when groups follow column order), or up front from the
-original weights (`static_groups`, the usual choice with act-order).
+original weights (`static_groups`, the usual choice with act-order). Under two-level (k-quant) scaling the
+unit fixed at once is the super-block: its block scales are fitted together (`formats.fit`, weighted by
+diag(H), as llama.cpp weights its k-quant fits by an importance matrix) and stored under one super-block number.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from wquant.algorithms.common import (
     refuse_clip_search_on_unbounded_grid,
     solve_at_budget,
 )
-from wquant.algorithms.registry import Quantized, register
+from wquant.algorithms.registry import Quantized, hessian_of, register
 from wquant.algorithms.rtn import RTNConfig, rtn, search_scales
+from wquant.algorithms.statistics import LayerStatistics
 from wquant.errors import ConvergenceError, ParameterError
 from wquant.formats import (
     DEFAULT_FORMAT,
@@ -173,7 +176,7 @@ def _gptq_on_grid(weight: torch.Tensor, hessian: torch.Tensor, config: GPTQConfi
     if bool(dead.all()):
         raise ConvergenceError(f"{name}: Hessian is all zero; no calibration signal reached this layer")
     h.diagonal()[dead] = 1.0  # an input that never fired: its column is rounded plainly, no feedback needed
-    perm = column_order(h.diagonal(), layout.group_len, config.act_order)
+    perm = column_order(h.diagonal(), layout.unit_len, config.act_order)
     inv_perm = torch.argsort(perm)
     w, h = w[:, perm], h[perm][:, perm]
     upper, level = damped_inverse_factor(h, config.damp, config.max_damp, name)
@@ -188,13 +191,14 @@ def _gptq_on_grid(weight: torch.Tensor, hessian: torch.Tensor, config: GPTQConfi
             importance = diag_h[inv_perm].expand(rows, cols)
             scales = search_scales(layout, original, importance, 0.5, 1.0, config.search_grid)
         else:
-            scales = layout.choose_scales(original)
-        fixed = {g: _group_column(scales, g) for g in range(scales.groups)}
+            scales = layout.choose_scales(original, importance=diag_h[inv_perm].expand(rows, cols))
+        fixed = {u: layout.unit_scales(scales, u) for u in range(layout.units)}
 
     codes = torch.empty(rows, cols, dtype=torch.int64)
     loss = torch.zeros((), dtype=dtype)
     order = perm.tolist()
     rounders: dict[int, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {}
+    per = layout.groups_per_unit
     for i1 in range(0, cols, config.block_size):
         i2 = min(i1 + config.block_size, cols)
         # Column-major copies of the lazy block: each column and each trailing update is one contiguous run.
@@ -208,11 +212,12 @@ def _gptq_on_grid(weight: torch.Tensor, hessian: torch.Tensor, config: GPTQConfi
             col = order[i1 + i]
             g = col // layout.group_len
             if g not in rounders:
-                if g not in fixed:
+                u = g // per  # the unit (group, or super-block) whose scales are fixed together
+                if u not in fixed:
                     done = (diffs_t[:i] / d[:i, None]).T
-                    current = _current_group(layout, g, w, block_t.T, done, upper, inv_perm, i1)
-                    fixed[g] = _fix_group(layout, g, current, diag_h[inv_perm[_cols(layout, g)]], config)
-                rounders[g] = column_rounder(layout, fixed[g], dtype)
+                    current = _current_group(layout, u, w, block_t.T, done, upper, inv_perm, i1)
+                    fixed[u] = _fix_group(layout, u, current, diag_h[inv_perm[_cols(layout, u)]], config)
+                rounders[g] = column_rounder(layout, fixed[u].columns(g - u * per, g - u * per + 1), dtype)
             x = block_t[i]
             if mask is None:
                 code, q = rounders[g](x)
@@ -227,7 +232,7 @@ def _gptq_on_grid(weight: torch.Tensor, hessian: torch.Tensor, config: GPTQConfi
         codes[:, perm[i1:i2]] = codes_t.T.to(torch.int64)
         if i2 < cols:
             w[:, i2:].addmm_(errors_t.T, upper[i1:i2, i2:], alpha=-1.0)
-    scales = GroupScales.cat([fixed[g] for g in range(layout.groups)])
+    scales = GroupScales.cat([fixed[u] for u in range(layout.units)])
     return GPTQResult(layout.assemble(codes, scales), float(loss), level, int(dead.sum()))
 
 
@@ -278,16 +283,8 @@ def column_order(diag_h: torch.Tensor, group_len: int, act_order: bool | str) ->
     return order[order < cols]
 
 
-def _group_column(scales: GroupScales, g: int) -> GroupScales:
-    def part(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t[:, g : g + 1]
-
-    return GroupScales(part(scales.scales), part(scales.scale_codes), part(scales.offsets),  # type: ignore[arg-type]
-                       part(scales.offset_codes), scales.tensor_scale)  # fmt: skip
-
-
-def _cols(layout: TensorLayout, g: int) -> torch.Tensor:
-    return torch.arange(layout.cols)[layout.group_cols(g)]
+def _cols(layout: TensorLayout, u: int) -> torch.Tensor:
+    return torch.arange(layout.cols)[layout.unit_cols(u)]
 
 
 def _current_group(
@@ -300,7 +297,7 @@ def _current_group(
     inv_perm: torch.Tensor,
     i1: int,
 ) -> torch.Tensor:
-    """Group column g's current (error-corrected) values, (rows, its columns) in storage order.
+    """Unit g's current (error-corrected) values, (rows, its columns) in storage order.
 
     None of its columns is rounded yet. Those inside the lazy block are up to date in `block`; those after it
     still lack the corrections of this block's columns rounded so far (`errors`), applied here on the fly.
@@ -321,17 +318,18 @@ def _current_group(
 def _fix_group(
     layout: TensorLayout, g: int, current: torch.Tensor, importance: torch.Tensor, config: GPTQConfig
 ) -> GroupScales:
-    """Group column g's scales from its current values (outliers zeroed), clip searched by diag(H) if asked."""
+    """Unit g's scales from its current values (outliers zeroed), clip searched by diag(H) if asked (two-level
+    block scales are always fitted, weighted by diag(H))."""
     mask = layout.outlier_mask()
-    x = current if mask is None else current.masked_fill(mask[:, layout.group_cols(g)], 0.0)
+    x = current if mask is None else current.masked_fill(mask[:, layout.unit_cols(g)], 0.0)
     if config.scale_search:
         return search_scales(_one_group(layout, g), x, importance.expand_as(x), 0.5, 1.0, config.search_grid)
-    return layout.choose_scales(x)
+    return layout.choose_scales(x, importance=importance.expand_as(x))
 
 
 def _one_group(layout: TensorLayout, g: int) -> TensorLayout:
-    """The layout of group column g alone (its outliers included), for a clip search on that group."""
-    cols = layout.group_cols(g)
+    """The layout of unit g alone (its outliers included), for a clip search on that unit."""
+    cols = layout.unit_cols(g)
     width = cols.stop - cols.start
     index = layout.outlier_index
     rows_of, cols_of = index // layout.cols, index % layout.cols
@@ -341,7 +339,8 @@ def _one_group(layout: TensorLayout, g: int) -> TensorLayout:
                    outlier_codes=layout.outlier_codes[inside.numpy()])  # fmt: skip
 
 
-def _gptq_handler(weight: torch.Tensor, config: GPTQConfig, hessian: torch.Tensor | None, name: str) -> Quantized:
+def _gptq_handler(weight: torch.Tensor, config: GPTQConfig, stats: LayerStatistics | None, name: str) -> Quantized:
+    hessian = hessian_of(stats)
     if hessian is None:
         return Quantized(rtn(weight, RTNConfig(config.spec, search=False), name=name), "no inputs: RTN fallback")
     result = gptq(weight, hessian, config, name=name)

@@ -15,6 +15,7 @@ import torch
 
 from wquant.algorithms.common import check_weight
 from wquant.algorithms.registry import Quantized, register
+from wquant.algorithms.statistics import LayerStatistics
 from wquant.errors import ParameterError, SpecError
 from wquant.formats import QuantizedTensor, TensorLayout, as_2d, compute_dtype, parse_spec, prepare_layout
 from wquant.formats.scaling import OFFSET_RULES
@@ -45,6 +46,11 @@ class HQQConfig:
                 f"HQQ moves each group's zero, but {self.spec.to_string()!r} uses the {rule} rule, which stores "
                 "none; use the minmax rule (real-valued zero offset, e.g. int4:unsigned/block64:minmax:bf16) or "
                 "zeropoint (integer zero point, e.g. int4:unsigned/block128:zeropoint:fp16)"
+            )
+        if self.spec.scaling.two_level:
+            raise SpecError(
+                f"HQQ moves each group's zero freely; {self.spec.to_string()!r} stores zeros as integers under a "
+                "super-block number (two-level scaling). Use GPTQ or rtn-search on it, or HQQ on a single-level format"
             )
         if check_positive(self.p, "HQQ p") >= 2.0:
             raise ParameterError(f"HQQ p must be in (0, 2) (0.7 is HQQ's default), got {self.p}")
@@ -150,7 +156,7 @@ def _stored_mask(layout: TensorLayout, pad: int, dtype: torch.dtype) -> torch.Te
     return blocks
 
 
-def _hqq_handler(weight: torch.Tensor, config: HQQConfig, hessian: torch.Tensor | None, name: str) -> Quantized:
+def _hqq_handler(weight: torch.Tensor, config: HQQConfig, stats: LayerStatistics | None, name: str) -> Quantized:
     return Quantized(hqq(weight, config, name=name))
 
 

@@ -11,6 +11,10 @@ weights live. Two things are chosen per tensor:
   only the two around it. The best hard solution seen is kept, so learning never ends worse than it began.
 
 The paper's own optimisation details are not public (formats.md B2); these are our stand-ins.
+
+On a fixed grid that has no power form (the GGUF presets `q4_k`, `iq4_xs`, ...: `NUPESConfig.from_format`
+sets `grid`), there is no exponent to search: the same code learning runs on that exact format, so a GGUF
+export carries what NUPES measured.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ import torch
 
 from wquant.algorithms.common import check_hessian, check_weight
 from wquant.algorithms.gptq import GPTQConfig, gptq
-from wquant.algorithms.registry import Quantized, register
-from wquant.algorithms.statistics import relative_error
+from wquant.algorithms.registry import Quantized, hessian_of, register
+from wquant.algorithms.statistics import LayerStatistics, relative_error
 from wquant.errors import ParameterError, SpecError
 from wquant.formats import (
     Codebook,
@@ -39,7 +43,7 @@ from wquant.formats import (
     prepare_layout,
     quantize,
 )
-from wquant.formats.spec import parse_scaling
+from wquant.formats.spec import GGUF_PRESETS, parse_scaling, preset_name
 from wquant.validation import check_int_range, check_positive
 
 SearchObjective = Literal["weight", "output"]
@@ -55,6 +59,7 @@ class NUPESConfig:
     lo, hi, coarse, fine: the exponent grid (coarse steps over [lo, hi], then fine steps around the best).
     steps, lr: Adam steps and learning rate (grid units) of the code learning; 0 steps = rounding only.
     init: start learning from GPTQ on the same power grid (default; learning then refines it) or plain rounding.
+    grid: a fixed format to learn codes on instead of a power grid (no exponent search), e.g. "q4_k".
     """
 
     bits: int = 4
@@ -68,8 +73,11 @@ class NUPESConfig:
     steps: int = 200
     lr: float = 0.001
     init: Init = "gptq"
+    grid: str | None = None
 
     def __post_init__(self) -> None:
+        if self.grid is not None:
+            object.__setattr__(self, "grid", parse_spec(self.grid).to_string())
         check_int_range(self.bits, "NUPES bits", 2, 16)
         parse_scaling(self.scaling)  # raises SpecError early
         if self.exponent is not None:
@@ -95,10 +103,14 @@ class NUPESConfig:
     @staticmethod
     def from_format(spec: FormatSpec | str, **options: object) -> NUPESConfig:
         """NUPES on the bits and scaling of `spec`: a symmetric int grid (exponent searched) or a power grid
-        pow<a>:<b> (exponent a kept). Other grids and modifiers have no power-grid form and are refused."""
+        pow<a>:<b> (exponent a kept). A GGUF type with no power form (q4_0, q4_k, iq4_xs, ...; any two-level
+        format) keeps its grid, and only the codes are learned. Other grids and modifiers are refused."""
         spec = parse_spec(spec)
         element = spec.element
         usable = isinstance(element, PowerGrid) or (isinstance(element, IntGrid) and element.variant == "sym")
+        if spec.scaling.two_level or (not usable and preset_name(spec) in GGUF_PRESETS):
+            return NUPESConfig(**{"bits": min(max(element.bits, 2), 16), "grid": spec.to_string(),
+                                  **options})  # type: ignore[arg-type]  # fmt: skip
         if not usable or spec.outliers is not None or spec.coding is not None or spec.scaling.search:
             raise SpecError(
                 f"NUPES quantizes onto a power grid pow<a>:<bits>; {spec.to_string()!r} has no such form. Give a "
@@ -111,7 +123,8 @@ class NUPESConfig:
 
     def with_format(self, spec: FormatSpec | str) -> NUPESConfig:
         target = NUPESConfig.from_format(spec)
-        return replace(self, bits=target.bits, scaling=target.scaling, exponent=target.exponent)
+        return replace(self, bits=target.bits, scaling=target.scaling, exponent=target.exponent, grid=target.grid)
+
 
 @dataclass(frozen=True)
 class NUPESResult:
@@ -166,6 +179,8 @@ def nupes(
         hessian = check_hessian(hessian, as_2d(weight).shape[1], name)
     objective: SearchObjective = "output" if (hessian is not None and config.search == "output") else "weight"
     use_h = hessian if objective == "output" else None
+    if config.grid is not None:
+        return _on_fixed_grid(weight, config, parse_spec(config.grid), hessian, use_h, objective)
     uniform = relative_error(weight, quantize(weight, power_spec(config.bits, 1.0, config.scaling)).dequantize(), use_h)
     if config.exponent is None:
         a, rounded, _ = search_exponent(weight, config, hessian)
@@ -183,6 +198,22 @@ def nupes(
     q = learn_codes(weight, spec, hessian, steps=config.steps, lr=config.lr, init=config.init)
     final = relative_error(weight, q.dequantize(), use_h)
     return NUPESResult(q, a, uniform, rounded, final, objective)
+
+
+def _on_fixed_grid(
+    weight: torch.Tensor, config: NUPESConfig, spec: FormatSpec, hessian: torch.Tensor | None,
+    use_h: torch.Tensor | None, objective: SearchObjective,
+) -> NUPESResult:  # fmt: skip
+    """Code learning on a fixed format (exponent reported as NaN: there is none)."""
+    rounded = relative_error(weight, quantize(weight, spec).dequantize(), use_h)
+    if hessian is None or config.steps == 0:
+        q = quantize(weight, spec)
+        if hessian is not None and config.init == "gptq":
+            q = gptq(weight, hessian, GPTQConfig(spec)).quantized
+    else:
+        q = learn_codes(weight, spec, hessian, steps=config.steps, lr=config.lr, init=config.init)
+    final = relative_error(weight, q.dequantize(), use_h)
+    return NUPESResult(q, float("nan"), rounded, rounded, final, objective)
 
 
 def learn_codes(
@@ -252,9 +283,9 @@ def _train(
     return best, best_codes
 
 
-def _nupes_handler(weight: torch.Tensor, config: NUPESConfig, hessian: torch.Tensor | None, name: str) -> Quantized:
-    result = nupes(weight, config, hessian=hessian, name=name)
-    return Quantized(result.quantized, f"a={result.exponent:g}")
+def _nupes_handler(weight: torch.Tensor, config: NUPESConfig, stats: LayerStatistics | None, name: str) -> Quantized:
+    result = nupes(weight, config, hessian=hessian_of(stats), name=name)
+    return Quantized(result.quantized, "learned codes" if config.grid else f"a={result.exponent:g}")
 
 
 register("nupes", NUPESConfig, _nupes_handler, from_format=NUPESConfig.from_format,

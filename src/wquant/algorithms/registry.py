@@ -4,11 +4,17 @@ An algorithm is one module that defines a frozen config dataclass and a handler 
 `wquant.quantize_` and the `wquant quantize --algorithm NAME` command find it here, so adding one edits no
 dispatcher. A config is any frozen dataclass with:
 
-    uses_calibration: bool   -- calibration inputs change the result (the walk collects a Hessian for it)
+    uses_calibration: bool   -- calibration inputs change the result (the walk collects statistics for it)
     needs_calibration: bool  -- it cannot run without them (refused when no calibration is given)
     with_format(spec) -> config  -- the same algorithm on another format (per-module overrides)
 
 A bare format spec (string or FormatSpec) stands for plain round-to-nearest on it.
+
+A handler gets the layer's input statistics (`LayerStatistics`: the Hessian, per-channel mean/max |x|, a row
+sample when the config asks for one through an `input_samples` attribute), or None when no calibration reached
+the layer. Optional config attributes the model walk honours: `activations` (an activation spec the config
+works with, e.g. SmoothQuant's), `channel_scales(weights, stats, *, activations, name)` (a per-input-channel
+smoothing scale folded into the module before the layer; see `wquant.models.smoothing`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any, Protocol
 
 import torch
 
+from wquant.algorithms.statistics import LayerStatistics
 from wquant.errors import ParameterError
 from wquant.formats import FormatSpec, QuantizedTensor
 
@@ -43,8 +50,8 @@ class Quantized:
     note: str = ""
 
 
-#: handler(weight (out, in), config, hessian (in, in) or None when no calibration reached it, name)
-Handler = Callable[[torch.Tensor, Any, torch.Tensor | None, str], Quantized]
+#: handler(weight (out, in), config, input statistics or None when no calibration reached it, name)
+Handler = Callable[[torch.Tensor, Any, LayerStatistics | None, str], Quantized]
 
 
 @dataclass(frozen=True)
@@ -102,8 +109,15 @@ def as_tensor_config(config: object, where: str = "config") -> Any:
 
 
 def quantize_weight(
-    weight: torch.Tensor, config: object, hessian: torch.Tensor | None = None, *, name: str = "weight"
+    weight: torch.Tensor, config: object, stats: LayerStatistics | torch.Tensor | None = None, *, name: str = "weight"
 ) -> Quantized:
-    """One (out, in) weight through its config's registered handler."""
+    """One (out, in) weight through its config's registered handler; `stats` may also be a bare (in, in) Hessian."""
     config = as_tensor_config(config, name)
-    return _BY_TYPE[type(config)].handler(weight, config, hessian, name)
+    if isinstance(stats, torch.Tensor):
+        stats = LayerStatistics.from_hessian(stats, name=name)
+    return _BY_TYPE[type(config)].handler(weight, config, stats, name)
+
+
+def hessian_of(stats: LayerStatistics | None) -> torch.Tensor | None:
+    """The Hessian of `stats`, or None without statistics (what Hessian-only handlers need)."""
+    return None if stats is None else stats.hessian()

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from wquant.algorithms.common import check_hessian, check_weight, refuse_clip_search_on_unbounded_grid
-from wquant.algorithms.registry import Quantized, register
+from wquant.algorithms.registry import Quantized, hessian_of, register
+from wquant.algorithms.statistics import LayerStatistics
 from wquant.errors import ParameterError, TensorError
 from wquant.formats import (
     DEFAULT_FORMAT,
@@ -29,6 +30,7 @@ from wquant.formats import (
     prepare_layout,
     quantize,
 )
+from wquant.formats.fit import FIT_MULTIPLIERS
 from wquant.formats.layout import reconstruct
 from wquant.validation import check_int_range, check_positive
 
@@ -121,6 +123,10 @@ def search_scales(
     mask = layout.outlier_mask()
     keep = None if mask is None else (~mask[:, : x.shape[1]]).to(x.dtype)
     weight = importance if keep is None else (keep if importance is None else importance * keep)
+    if layout.spec.scaling.two_level:  # block scales share a super-block number: fit them per block, together
+        few = np.exp(np.linspace(np.log(lo), np.log(hi), min(points, 16)))
+        fit = tuple(float(c) for c in np.unique(np.concatenate([few, FIT_MULTIPLIERS])))
+        return layout.choose_scales(x, importance=weight, candidates=fit)
     best = best_err = None
     for c in candidates:
         scales = layout.choose_scales(x, float(c))
@@ -160,7 +166,8 @@ def rtn(
     return layout.assemble(layout.encode(x, scales), scales)
 
 
-def _rtn_handler(weight: torch.Tensor, config: RTNConfig, hessian: torch.Tensor | None, name: str) -> Quantized:
+def _rtn_handler(weight: torch.Tensor, config: RTNConfig, stats: LayerStatistics | None, name: str) -> Quantized:
+    hessian = hessian_of(stats) if config.uses_calibration else None
     if config.uses_calibration and hessian is None:
         return Quantized(rtn(weight, replace(config, importance="ones"), name=name), "no inputs: plain-MSE clip")
     return Quantized(rtn(weight, config, hessian=hessian, name=name))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from wquant.allocation.plan import CandidateTable, Plan, TensorPlan, Weighting
+from wquant.allocation.plan import WEIGHTINGS, CandidateTable, Plan, TensorPlan, Weighting
 from wquant.errors import BudgetError, ParameterError
 from wquant.formats import parse_spec
 from wquant.validation import check_positive
@@ -157,9 +157,14 @@ def _fill(choices: Sequence[Sequence[Option]], chosen: list[int], slack: int) ->
 
 
 def _closed_form(table: CandidateTable, budget: float) -> tuple[float, ...]:
+    """The closed form's b_t for reference; NaN when it is undefined (every tensor with zero Fisher)."""
     n = [t.numel for t in table.tensors]
     mean_bits = (budget * table.params - table.fixed_bits) / sum(n)
-    return closed_form_bits(n, [t.rms for t in table.tensors], [t.fisher_mean for t in table.tensors], mean_bits).bits
+    try:
+        return closed_form_bits(n, [t.rms for t in table.tensors], [t.fisher_mean for t in table.tensors],
+                                mean_bits).bits  # fmt: skip
+    except ParameterError:
+        return (math.nan,) * len(n)
 
 
 def _plan(table: CandidateTable, budget: float, chosen: Sequence[int], weighting: Weighting) -> Plan:
@@ -168,15 +173,23 @@ def _plan(table: CandidateTable, budget: float, chosen: Sequence[int], weighting
     for t, i, b in zip(table.tensors, chosen, continuous, strict=True):
         c = t.candidates[i]
         rows.append(
-            TensorPlan(t.name, t.numel, t.fisher_mean, t.rms, b, c.spec, c.bits, c.sq_error, t.cost(c, weighting))
+            TensorPlan(
+                t.name, t.numel, t.fisher_mean, t.rms, b, c.spec, c.bits, c.sq_error, t.cost(c, weighting), c.family
+            )
         )
     return Plan(budget, tuple(rows), table.fixed_bits, table.params, table.targets, weighting, table.mode)
 
 
 def allocate(table: CandidateTable, budget: float, weighting: Weighting = "mean") -> Plan:
-    """The plan with measured all-in bits/param ≤ budget that minimises the predicted KL (allocate.py)."""
+    """The plan with measured all-in bits/param ≤ budget that minimises the summed cost (module docstring).
+
+    weighting: "measured" (each candidate's measured output distortion, after `measure_sensitivity`), or the
+    Fisher proxy "mean" / "diag".
+    """
     check_positive(budget, "budget")
-    limit = math.floor(budget * table.params) - table.fixed_bits
+    if weighting not in WEIGHTINGS:
+        raise ParameterError(f"weighting {weighting!r} unknown; valid: {', '.join(WEIGHTINGS)}")
+    limit = table.budget_bits(budget)
     lowest = table.min_bits_per_param()
     if limit < sum(min(c.bits for c in t.candidates) for t in table.tensors):
         raise BudgetError(

@@ -1,10 +1,17 @@
-"""Diagonal Fisher of a model's weight tensors, accumulated per token with hooks.
+"""Diagonal Fisher of a model's weight tensors, accumulated per sample with hooks.
 
-Why per token: the squared *batch* gradient (Σ_tok g_tok)² mixes tokens and shrinks as the batch grows; the
-Fisher is an expectation of squared per-sample gradients. For y = x·Wᵀ the gradient of one token's loss is
-the outer product g_tokᵀ x_tok, so Σ_tok (g_tok²)ᵀ(x_tok²) — one matmul per layer call — is the sum of the
-per-token squared gradients (formats.md A3.3). Embedding rows get g_tok² scatter-added by token id. Cross
-terms between positions of one sequence are dropped, as in the paper.
+Why per sample: the squared *batch* gradient (Σ_s g_s)² mixes samples and shrinks as the batch grows; the
+Fisher is an expectation of squared per-sample gradients. For y = x·Wᵀ the gradient of one token's output
+is the outer product g_tokᵀ x_tok, so the squared gradient of a sample is (Σ_tok∈s g_tokᵀ x_tok)², one small
+matmul per sample and layer. What a sample is depends on the loss:
+- causal LMs ("true", "empirical"): every predicted position has its own loss and label, so a sample is one
+  token and Σ_tok (g_tok²)ᵀ(x_tok²) is the sum (one matmul per layer call; formats.md A3.3). Cross terms
+  between positions vanish in expectation for labels sampled per position, as in the paper.
+- encoders ("embedding"): the loss rᵀe of one sentence's pooled embedding has one gradient per sentence, so
+  the tokens of a sentence are summed before squaring. Squaring per token instead drops the cross-token terms,
+  which mean pooling makes large and coherent: on MiniLM that underestimated the last layer's tensors by up to
+  30× against measured distortion and misranked them (the root of the Fisher plan losing to uniform grids).
+Embedding rows get the (per-sample summed) output gradient scatter-added by token id.
 
 Losses (what makes it a Fisher of the *output distribution* and so a KL predictor):
 - "true": labels sampled from the model's own next-token distribution (Gumbel-max, seeded): the true Fisher,
@@ -21,6 +28,7 @@ squares underflow and lose the 2-bit headroom the paper needed), so the caller's
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -42,7 +50,7 @@ FisherMode = Literal["auto", "true", "empirical", "embedding"]
 Task = Literal["causal-lm", "encoder"]
 FISHER_FILE = "fisher.safetensors"
 FISHER_JSON = "fisher.json"
-FISHER_VERSION = 1
+FISHER_VERSION = 2  # 2: encoder Fisher per sentence (1 squared per token)
 #: Fewer calibration tokens than this gives a Fisher too noisy to rank tensors; refuse instead of guessing.
 MIN_CALIBRATION_TOKENS = 256
 
@@ -99,8 +107,9 @@ class FisherEstimate:
                 return t
         raise ParameterError(f"no Fisher for {name!r}; estimated tensors: {', '.join(t.name for t in self.tensors)}")
 
-    def save(self, folder: str | os.PathLike[str]) -> Path:
-        """Write fisher.safetensors + fisher.json atomically (each to a temporary name, then os.replace)."""
+    def save(self, folder: str | os.PathLike[str], provenance: dict[str, Any] | None = None) -> Path:
+        """Write fisher.safetensors + fisher.json atomically (each to a temporary name, then os.replace);
+        `provenance` (`fisher_provenance`) is stored so a later `load` can refuse another model or setting."""
         from safetensors.torch import save_file
 
         out = Path(folder).expanduser()
@@ -113,15 +122,19 @@ class FisherEstimate:
             "seed": self.seed,
             "samples": self.samples,
             "tensors": [asdict(t) for t in self.tensors],
+            "provenance": provenance,
         }
         atomic_write(out / FISHER_JSON, lambda p: p.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
         return out
 
     @staticmethod
-    def load(folder: str | os.PathLike[str]) -> FisherEstimate:
+    def load(folder: str | os.PathLike[str], expect: dict[str, Any] | None = None) -> FisherEstimate:
+        """The saved Fisher; with `expect`, refused unless it was saved for exactly that provenance."""
         from safetensors.torch import load_file
 
         src = Path(folder).expanduser()
+        if expect is not None:
+            check_provenance(src, expect)
         try:
             meta = json.loads((src / FISHER_JSON).read_text(encoding="utf-8"))
             diagonal = load_file(str(src / FISHER_FILE))
@@ -136,6 +149,56 @@ class FisherEstimate:
         return FisherEstimate(tensors, diagonal, str(meta["mode"]), int(meta["seed"]), int(meta["samples"]))
 
 
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of every parameter and buffer (name, dtype, shape, bytes): one model, one digest."""
+    digest = hashlib.sha256()
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def fisher_provenance(model: nn.Module, text: str, task: Task, config: FisherConfig) -> dict[str, Any]:
+    """What a Fisher depends on: the model's weights, the calibration text, every setting and wquant's version."""
+    from wquant import __version__
+
+    settings = {**asdict(config), "mode": resolve_mode(config.mode, task), "targets": list(config.targets)}
+    return {
+        "model_weights_sha256": weights_digest(model),
+        "calibration_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "settings": settings,
+        "wquant": __version__,
+        "format": FISHER_VERSION,
+    }
+
+
+def check_provenance(folder: Path, expect: dict[str, Any]) -> None:
+    """Refuse a saved Fisher made for another model, text, setting or wquant version, naming what differs."""
+    try:
+        stored = json.loads((folder / FISHER_JSON).read_text(encoding="utf-8")).get("provenance")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CorruptDataError(f"{folder}: saved Fisher does not load ({type(exc).__name__}: {exc})") from None
+    if stored == expect:
+        return
+    if not isinstance(stored, dict):
+        differs = ["it records no model or settings (saved by an older wquant)"]
+    else:
+        differs = [
+            label
+            for key, label in (("model_weights_sha256", "another model's weights"),
+                               ("calibration_sha256", "another calibration text"),
+                               ("wquant", f"wquant {stored.get('wquant')}"), ("format", "another Fisher format"))
+            if stored.get(key) != expect[key]
+        ]  # fmt: skip
+        old, new = stored.get("settings") or {}, expect["settings"]
+        differs += [f"{k} {old.get(k)!r} (now {new[k]!r})" for k in new if old.get(k) != new[k]]
+    raise ParameterError(
+        f"the Fisher in {folder} was estimated for {', '.join(differs)}; point --fisher-dir at an empty folder "
+        "(or delete this one) to estimate it again"
+    )
+
+
 def sampled_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One label per position drawn from softmax(logits) by Gumbel-max (seeded, no Python loop)."""
     u = torch.rand(logits.shape, generator=generator, dtype=torch.float32).clamp_(1e-20, 1.0)
@@ -145,13 +208,37 @@ def sampled_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Te
 Loss = Callable[[nn.Module, Any], tuple[torch.Tensor, int]]
 
 
-def accumulate_fisher(
-    model: nn.Module, batches: Iterable[Any], loss: Loss, *, targets: tuple[str, ...] = ("linear", "embedding")
-) -> tuple[dict[str, torch.Tensor], int]:
-    """Σ per-token squared weight gradients of `loss` over `batches`, divided by the sample count it reports.
+def _add_per_sample(acc: torch.Tensor, g: torch.Tensor, x: torch.Tensor, kind: str) -> None:
+    """Add the squared gradient of each sample (dim 0 of one layer call), its tokens' gradients summed first."""
+    g = g.reshape(g.shape[0], -1, g.shape[-1])
+    if kind != "embedding":
+        x = x.float().reshape(x.shape[0], -1, x.shape[-1])
+        for gs, xs in zip(g, x, strict=True):  # one (out, in) matrix at a time: memory of one gradient
+            acc.add_((gs.T @ xs).square().to(acc.device))
+        return
+    rows = acc.shape[0]
+    ids = x.reshape(x.shape[0], -1)
+    keys = (torch.arange(ids.shape[0], device=ids.device).unsqueeze(1) * rows + ids).reshape(-1)
+    unique, inverse = torch.unique(keys, return_inverse=True)
+    summed = torch.zeros(unique.numel(), g.shape[-1], device=g.device).index_add_(
+        0, inverse, g.reshape(-1, g.shape[-1])
+    )
+    acc.index_add_(0, (unique % rows).to(acc.device), summed.square().to(acc.device))
 
-    `loss(model, batch)` returns (scalar to differentiate, samples in the batch). Hooks see each target
-    module's input and output gradient; nothing is kept in `.grad`.
+
+def accumulate_fisher(
+    model: nn.Module,
+    batches: Iterable[Any],
+    loss: Loss,
+    *,
+    targets: tuple[str, ...] = ("linear", "embedding"),
+    per_sample: bool = False,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Σ per-sample squared weight gradients of `loss` over `batches`, divided by the sample count it reports.
+
+    `loss(model, batch)` returns (scalar to differentiate, samples in the batch). A sample is one token, or with
+    per_sample=True one row of the batch (its tokens' gradients summed before squaring: module docstring).
+    Hooks see each target module's input and output gradient; nothing is kept in `.grad`.
     """
     sites = weight_sites(model, targets)
     if not sites:
@@ -168,6 +255,9 @@ def accumulate_fisher(
         kind = module_kind(module)
 
         def on_grad(g: torch.Tensor) -> None:
+            if per_sample:
+                _add_per_sample(acc, g.detach().float(), x, kind)
+                return
             g2 = g.detach().float().reshape(-1, g.shape[-1]).square()
             if kind == "embedding":
                 acc.index_add_(0, x.reshape(-1).to(acc.device), g2.to(acc.device))
@@ -303,7 +393,7 @@ def estimate_fisher(
         batches = [b for _ in range(config.projections) for b in base]
         loss = embedding_loss(generator)
     try:
-        diagonal, count = accumulate_fisher(work, batches, loss, targets=config.targets)
+        diagonal, count = accumulate_fisher(work, batches, loss, targets=config.targets, per_sample=mode == "embedding")
     finally:
         work.train(was_training)
     return summarize(work, diagonal, mode=mode, seed=config.seed, samples=count, targets=config.targets)
@@ -339,6 +429,9 @@ def summarize(
 
 __all__ = [
     "FISHER_FILE",
+    "check_provenance",
+    "fisher_provenance",
+    "weights_digest",
     "FISHER_JSON",
     "MIN_CALIBRATION_TOKENS",
     "FisherConfig",

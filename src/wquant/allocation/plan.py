@@ -1,15 +1,18 @@
 """A bit-allocation plan and the measured candidates it is chosen from.
 
-Costs are measured, not modelled: every tensor is quantized with every candidate format, its exact stored
-bits (`QuantizedTensor.bits()`) and its error δ_t are recorded, and the predicted ΔKL is ½ F̄_t ‖δ_t‖²
-("mean", the paper's tensor-constant Fisher) or ½ Σ F_ii δ_i² ("diag"). The budget is all-in, as
-`model_bits` counts it: unquantized parameters (norms, biases) cost their dtype width, tied weights count once.
+Bits are measured, not modelled: every tensor is quantized with every candidate format and its exact stored
+bits (`QuantizedTensor.bits()`) and error δ_t are recorded. The cost of a candidate is its output distortion:
+"measured" (the tensor perturbed alone and the model's output distortion measured, `sensitivity.py`), or the
+Fisher proxy ½ F̄_t ‖δ_t‖² ("mean", the paper's tensor-constant Fisher) or ½ Σ F_ii δ_i² ("diag"). The budget
+is all-in, as `model_bits` counts it: unquantized parameters (norms, biases) cost their dtype width, tied
+weights count once.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -18,7 +21,8 @@ from torch import nn
 from wquant.errors import BudgetError, ParameterError
 from wquant.models import QuantizeConfig, model_bits
 
-Weighting = Literal["mean", "diag"]
+Weighting = Literal["mean", "diag", "measured"]
+WEIGHTINGS = ("mean", "diag", "measured")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,8 @@ class Candidate:
     bits: int
     sq_error: float  # ‖δ‖²
     weighted_error: float  # Σ F_ii δ_i²
+    family: str = ""  # the template it was expanded from (the spec itself for a plain candidate)
+    distortion: float | None = None  # output distortion of this tensor alone in this format (sensitivity.py)
 
 
 @dataclass(frozen=True)
@@ -39,9 +45,16 @@ class TensorCandidates:
     fisher_mean: float
     rms: float
     candidates: tuple[Candidate, ...]
+    anchors: tuple[tuple[float, float], ...] = ()  # measured (error, distortion) points of its sensitivity curve
 
     def cost(self, c: Candidate, weighting: Weighting) -> float:
-        """Predicted ΔKL of storing this tensor as `c`."""
+        """Predicted output distortion of storing this tensor as `c`."""
+        if weighting == "measured":
+            if c.distortion is None:
+                raise ParameterError(
+                    f"{self.name}: no measured distortion for {c.spec}; run measure_sensitivity on the table first"
+                )
+            return c.distortion
         return 0.5 * (self.fisher_mean * c.sq_error if weighting == "mean" else c.weighted_error)
 
 
@@ -58,6 +71,23 @@ class CandidateTable:
     def min_bits_per_param(self) -> float:
         return (self.fixed_bits + sum(min(c.bits for c in t.candidates) for t in self.tensors)) / self.params
 
+    def max_bits_per_param(self) -> float:
+        return (self.fixed_bits + sum(max(c.bits for c in t.candidates) for t in self.tensors)) / self.params
+
+    @property
+    def measured(self) -> bool:
+        """Whether every candidate carries a measured output distortion (weighting "measured" is possible)."""
+        return all(c.distortion is not None for t in self.tensors for c in t.candidates)
+
+    def budget_bits(self, budget: float) -> int:
+        """Bits the allocated tensors may spend under an all-in budget (floor, so the plan never exceeds it)."""
+        return math.floor(budget * self.params) - self.fixed_bits
+
+    def per_tensor_bits(self, budget: float) -> float:
+        """The bits/param every allocated tensor gets when they all get the same: the uniform plan's target."""
+        return self.budget_bits(budget) / sum(t.numel for t in self.tensors)
+
+
 @dataclass(frozen=True)
 class TensorPlan:
     name: str
@@ -68,7 +98,8 @@ class TensorPlan:
     spec: str
     bits: int
     sq_error: float
-    predicted_kl: float
+    predicted_kl: float  # the cost the plan minimised: measured-curve distortion, or the Fisher proxy's ΔKL
+    family: str = ""
 
     @property
     def bits_per_param(self) -> float:

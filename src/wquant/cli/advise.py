@@ -1,7 +1,9 @@
-"""`wquant advise MODEL_DIR --budget 4.0 --calib FILE`: a Fisher-allocated format per tensor at a budget.
+"""`wquant advise MODEL_DIR --budget 4.0 --calib FILE`: a format per tensor at a budget, allocated on measured
+sensitivities and shipped only where it beats the best uniform plan.
 
-Prints the plan (tensor, format, bits/param, closed-form bits, predicted ΔKL) and the all-in model
-bits/param it lands on; `--apply --out DIR` quantizes the model with it and saves it with the models package.
+Prints the plan (tensor, format, bits/param, closed-form bits, predicted distortion), the all-in model
+bits/param it lands on and why it was chosen; `--apply --out DIR` quantizes the model with it and saves it.
+Output locations are checked before any work; a `--fisher-dir` made for another model or setting is refused.
 """
 
 from __future__ import annotations
@@ -39,13 +41,21 @@ def advise_command(
     calib: Annotated[Path, typer.Option("--calib", help="calibration text (UTF-8); never the evaluation text")],
     formats: Annotated[
         list[str] | None,
-        typer.Option("--formats", "-f", help="candidate spec template, {b} expands over --bits (repeat)"),
+        typer.Option(
+            "--formats", "-f", help="candidate spec template, {b} expands over --bits (repeat); gguf: Q2_K … Q8_0"
+        ),
     ] = None,
     bits: Annotated[str, typer.Option("--bits", help="bit widths substituted for {b}")] = "2,3,4,5,6,7,8",
     mode: Annotated[
         str, typer.Option(help="Fisher: auto, true, empirical (causal LMs), embedding (encoders)")
     ] = "auto",
-    weighting: Annotated[str, typer.Option(help="predicted ΔKL: mean (½F̄‖δ‖²) or diag (½ΣFδ²)")] = "mean",
+    weighting: Annotated[
+        str,
+        typer.Option(
+            help="measured (output distortion, checked against uniform plans) or the Fisher proxy: "
+            "mean (½F̄‖δ‖²), diag (½ΣFδ²)"
+        ),
+    ] = "measured",
     windows: Annotated[int, typer.Option(help="calibration windows (texts for encoders)")] = 64,
     window: Annotated[int, typer.Option(help="tokens per calibration window")] = 128,
     seed: Annotated[int, typer.Option(help="seed of sampled labels / random projections")] = 0,
@@ -61,6 +71,20 @@ def advise_command(
         raise ParameterError("--apply needs --out DIR")
     _run(model_dir, budget, calib, formats, bits, mode, weighting, windows, window, seed, fisher_dir, apply,
          out, plan_json)  # fmt: skip
+
+
+def _check_outputs(plan_json: Path | None, out: Path | None, fisher_dir: Path | None) -> None:
+    """Refuse unwritable output locations before any work starts (nothing is created here)."""
+    from wquant.io import check_output_folder, check_writable_dir
+
+    if plan_json is not None:
+        if plan_json.is_dir():
+            raise ParameterError(f"--plan-json {plan_json} is a folder; give a file name, e.g. {plan_json}/plan.json")
+        check_writable_dir(plan_json.parent, "--plan-json")
+    if out is not None:
+        check_output_folder(out)
+    if fisher_dir is not None:
+        check_writable_dir(fisher_dir, "--fisher-dir")
 
 
 def _run(
@@ -81,17 +105,10 @@ def _run(
 ) -> None:
     from transformers.utils import logging
 
-    from wquant.allocation import (
-        DEFAULT_FORMATS,
-        AdviseConfig,
-        FisherConfig,
-        FisherEstimate,
-        allocate,
-        estimate_fisher,
-        measure_candidates,
-    )
-    from wquant.allocation.fisher import FISHER_JSON
+    from wquant.allocation import DEFAULT_FORMATS, AdviseConfig, FisherConfig, FisherEstimate, advise
+    from wquant.allocation.fisher import FISHER_JSON, fisher_provenance
     from wquant.data import read_text
+    from wquant.io import write_atomic
     from wquant.models import load_pretrained, model_bits, quantize_, save_quantized
 
     logging.disable_progress_bar()
@@ -103,18 +120,23 @@ def _run(
         weighting=weighting,  # type: ignore[arg-type]
         fisher=FisherConfig(mode=mode, seed=seed, window=window, max_windows=windows),  # type: ignore[arg-type]
     )
+    _check_outputs(plan_json, out if apply else None, fisher_dir)
+    text = read_text(calib)
     loaded = load_pretrained(model_dir)
-    if fisher_dir is not None and (fisher_dir / FISHER_JSON).is_file():
-        fisher = FisherEstimate.load(fisher_dir)
-    else:
-        fisher = estimate_fisher(loaded.model, loaded.tokenizer, read_text(calib), loaded.task, config.fisher)
-        if fisher_dir is not None:
-            fisher.save(fisher_dir)
-    table = measure_candidates(loaded.model, fisher, config.formats, config.bits, targets=config.fisher.targets)
-    plan = allocate(table, config.budget, config.weighting)
+    fisher = None
+    if fisher_dir is not None:
+        provenance = fisher_provenance(loaded.model, text, loaded.task, config.fisher)
+        if (fisher_dir / FISHER_JSON).is_file():
+            fisher = FisherEstimate.load(fisher_dir, expect=provenance)
+    advice = advise(loaded.model, loaded.tokenizer, loaded.task, text, config, fisher=fisher)
+    if fisher_dir is not None and fisher is None:
+        advice.fisher.save(fisher_dir, provenance)
+    plan = advice.plan
     _print_plan(plan)
+    if advice.decision is not None:
+        console.print(f"shipped: {escape(advice.decision.shipped.label)}: {escape(advice.decision.reason)}")
     if plan_json is not None:
-        plan_json.write_text(plan.to_json(), encoding="utf-8")
+        write_atomic(plan_json, plan.to_json())
     if apply:
         assert out is not None
         quantize_(loaded.model, plan.quantize_config())
@@ -127,9 +149,10 @@ def _print_plan(plan: object) -> None:
     from wquant.allocation import Plan
 
     assert isinstance(plan, Plan)
-    table = Table(title=f"Fisher allocation at {plan.budget:g} bits/param ({plan.mode} Fisher)")
+    what = "measured output distortion" if plan.weighting == "measured" else f"{plan.mode} Fisher proxy"
+    table = Table(title=f"allocation at {plan.budget:g} bits/param ({what})")
     for column, justify in (("tensor", "left"), ("format", "left"), ("bits/param", "right"),
-                            ("closed form", "right"), ("predicted ΔKL", "right")):  # fmt: skip
+                            ("closed form", "right"), ("predicted distortion", "right")):  # fmt: skip
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for t in plan.tensors:
         table.add_row(
@@ -139,5 +162,5 @@ def _print_plan(plan: object) -> None:
     console.print(table)
     console.print(
         f"all-in {plan.bits_per_param:.5f} bits/param (budget {plan.budget:g}, "
-        f"{plan.budget * plan.params - plan.total_bits:.0f} bits left), predicted ΔKL {plan.predicted_kl:.4e}"
+        f"{plan.budget * plan.params - plan.total_bits:.0f} bits left), predicted distortion {plan.predicted_kl:.4e}"
     )

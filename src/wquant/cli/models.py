@@ -56,18 +56,39 @@ def parse_overrides(items: list[str] | None) -> tuple[tuple[str, str], ...]:
 
 def _config(
     fmt: str, overrides: list[str] | None, targets: list[str] | None, excludes: list[str] | None,
-    algorithm: str = "rtn",
+    algorithm: str = "rtn", activations: list[str] | None = None,
 ) -> Any:  # fmt: skip
-    """The QuantizeConfig of the CLI options: the algorithm on --format, targets (default: linear), excludes and
-    overrides (an override's SPEC runs the same algorithm on that format; 'none' keeps the module)."""
+    """The QuantizeConfig of the CLI options: the algorithm on --format, targets (default: linear), excludes,
+    overrides (an override's SPEC runs the same algorithm on that format; 'none' keeps the module) and the
+    activation spec ('none' keeps inputs in float, also for algorithms that have their own default)."""
     from wquant.algorithms import config_for
     from wquant.formats import parse_spec
     from wquant.models import QuantizeConfig
 
+    method = config_for(algorithm, parse_spec(fmt))
+    acts = _activations(activations)
+    if isinstance(acts, str) and acts.strip().lower() == "none":
+        acts = None
+        if hasattr(method, "activations"):
+            method = dataclasses.replace(method, activations=None)
     return QuantizeConfig(
-        config_for(algorithm, parse_spec(fmt)), targets=tuple(targets or ("linear",)), exclude=tuple(excludes or ()),
-        overrides=parse_overrides(overrides),
+        method, targets=tuple(targets or ("linear",)), exclude=tuple(excludes or ()),
+        overrides=parse_overrides(overrides), activations=acts,
     )  # fmt: skip
+
+
+def _activations(items: list[str] | None) -> str | tuple[tuple[str, str], ...] | None:
+    """['int8/token'] → 'int8/token'; ['*.down_proj=mxint8', 'int8/token'] → per-module pairs, the bare spec last
+    as '*' (first match wins)."""
+    if not items:
+        return None
+    pairs = parse_overrides([i for i in items if "=" in i])
+    bare = [i.strip() for i in items if "=" not in i]
+    if len(bare) > 1:
+        raise ParameterError(f"--activations takes one default SPEC (and GLOB=SPEC entries), got {bare}")
+    if not pairs:
+        return bare[0]
+    return pairs + ((("*", bare[0]),) if bare else ())
 
 
 def _bits_table(title: str, report: Any) -> Table:
@@ -94,13 +115,31 @@ def quantize_cmd(
     target: Targets = None,
     exclude: Excludes = None,
     algorithm: Annotated[str, typer.Option(help=f"one of: {', '.join(algorithm_names())}")] = "rtn",
+    activations: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--activations",
+            "-a",
+            help="quantize every quantized Linear's input too: int8/token (dynamic), "
+            "int8/tensor:static (calibrated), e4m3/token, mxfp8, ...; 'none' keeps inputs in float "
+            "(smoothquant and zeroquant default to int8/token); GLOB=SPEC (repeat) for some modules, first match "
+            "wins",
+        ),
+    ] = None,
     calib: Annotated[
-        Path | None, typer.Option(help="calibration text: needed by gptq, used by nupes (data-free ones ignore it)")
+        Path | None,
+        typer.Option(
+            help="calibration text: needed by gptq, awq, smoothquant and static activations; "
+            "used by nupes (data-free ones ignore it)"
+        ),
     ] = None,
     nsamples: Annotated[int, typer.Option(help="calibration windows (causal LM) or paragraphs (encoder)")] = 128,
     seqlen: Annotated[int, typer.Option(help="tokens per calibration window")] = 512,
     seed: Annotated[int, typer.Option(help="seed of the calibration sampling")] = 0,
     force: Annotated[bool, typer.Option("--force", help="replace an existing non-empty --out folder")] = False,
+    plan: Annotated[
+        Path | None, typer.Option("--plan", help="a plan.json from `wquant study` or `wquant advise --plan-json`")
+    ] = None,
 ) -> None:
     """Quantize a model's Linear (and, with --target embedding, Embedding) weights and save it.
 
@@ -113,25 +152,60 @@ def quantize_cmd(
       wquant quantize ./my-llama -f mxfp4 -t linear -t embedding -x '*.layers.0.*' --out llama-mx
       wquant quantize minilm -f int4/block64:absmax:bf16 --algorithm gptq --calib calib.txt --out minilm-gptq
       wquant quantize minilm -f int4:unsigned/block64:minmax:bf16 --algorithm hqq --out minilm-hqq
+      wquant quantize ./my-llama -f int4:unsigned/block64:zeropoint:fp16 --algorithm awq --calib c.txt --out l-awq
+      wquant quantize ./my-llama -f int8/channel:absmax:fp32 --algorithm smoothquant --calib c.txt --out l-w8a8
+      wquant quantize ./my-llama -f int8/channel:absmax:fp32 --activations int8/tensor:static --calib c.txt --out q
+      wquant quantize minilm --plan study/plan.json --out minilm-4bit
     """
     from wquant.io import check_output_folder
     from wquant.models import load_pretrained, model_bits, quantize_, save_quantized
 
     _quiet_transformers()
-    config = _config(fmt, override, target, exclude, algorithm)
+    config = _config(fmt, override, target, exclude, algorithm, activations)
     check_output_folder(out, force=force)
+    chosen = None if plan is None else _read_plan(plan, override, target, exclude)
+    if chosen is not None:
+        planned = chosen.quantize_config(None if algorithm == "rtn" else config.method)
+        config = dataclasses.replace(planned, activations=config.activations)
+    configs = [c for c in (config.method, *dict(config.overrides).values()) if c is not None]
+    per_module = isinstance(config.activations, tuple)
+    specs = [a for _, a in config.activations] if per_module else [config.activations_for(c) for c in configs]
+    static = [a for a in specs if a is not None and a.static]
+    if calib is None and any(c.needs_calibration for c in configs):
+        raise ParameterError(f"--algorithm {algorithm} needs --calib FILE (calibration text)")
+    if calib is None and static:
+        raise ParameterError(f"static activation scales ({static[0]}) are calibrated: give calibration batches with "
+                             "--calib FILE, or use a dynamic spec such as int8/token")  # fmt: skip
     loaded = load_pretrained(model_dir)
     before = model_bits(loaded.model)
-    uses_data = any(c is not None and c.uses_calibration for c in (config.method, *dict(config.overrides).values()))
-    if calib is None and config.method.needs_calibration:
-        raise ParameterError(f"--algorithm {algorithm} needs --calib FILE (calibration text)")
+    uses_data = bool(static) or any(c.uses_calibration or callable(getattr(c, "channel_scales", None)) for c in configs)
     batches = _calibration(loaded, calib, nsamples, seqlen, seed) if calib is not None and uses_data else None
-    quantize_(loaded.model, config, calibration=batches, log=_log)
+    reports = quantize_(loaded.model, config, calibration=batches, log=_log)
+    if chosen is not None:
+        chosen.check_applied(loaded.model)
     save_quantized(loaded.model, out, tokenizer=loaded.tokenizer, force=force)
     report = model_bits(loaded.model)
     console.print(_bits_table(f"{model_dir}: {before.bits_per_param:.2f} → {report.bits_per_param:.4f} "
                               "bits/param", report))  # fmt: skip
+    acts = sorted({(r.activations, r.activation_bits) for r in reports if r.activations is not None})
+    for spec, bits in acts:
+        layers = sum(r.activations == spec and r.activation_bits == bits for r in reports)
+        console.print(f"inputs of {layers} layers quantized as {spec}: {bits:.4g} bits per activation element "
+                      "(codes + dynamic scales)")  # fmt: skip
     console.print(f"saved to {out}")
+
+
+def _read_plan(path: Path, *others: list[str] | None) -> Any:
+    """The plan in a plan.json; it fixes every tensor's format, so per-tensor options cannot be combined with it."""
+    from wquant.allocation import Plan
+
+    if any(others):
+        raise ParameterError("--plan fixes every tensor's format; drop --override, --target and --exclude")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParameterError(f"--plan {path}: cannot read it ({exc}); give the plan.json a study wrote") from None
+    return Plan.from_json(text)
 
 
 def _log(message: str) -> None:

@@ -10,7 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wquant.errors import BudgetError, CorruptDataError, ParameterError, SpecError, TensorError, WquantError
+from wquant.errors import (
+    BudgetError,
+    CorruptDataError,
+    ParameterError,
+    ScaleRangeError,
+    SpecError,
+    TensorError,
+    WquantError,
+)
 from wquant.formats.quantize import quantize
 from wquant.formats.rd_bounds import gap_to_bound_bits
 from wquant.formats.spec import FormatSpec, parse_spec
@@ -162,6 +170,11 @@ def compare_formats(x: torch.Tensor, specs: list[str | FormatSpec], source: str 
                 raise
             nan = float("nan")
             problem = f"cannot meet its budget at this magnitude (max |x| {peak:.3g}): {exc}"
+            reports.append(FormatReport(fmt.to_string(), nan, nan, nan, nan, problem))
+            continue
+        except ScaleRangeError as exc:  # quantize refuses what its scales cannot store; compare names it
+            nan = float("nan")
+            problem = f"it cannot represent this magnitude (max |x| {peak:.3g}): {exc}"
             reports.append(FormatReport(fmt.to_string(), nan, nan, nan, nan, problem))
             continue
         rel = relative_error(q.dequantize(), x32)

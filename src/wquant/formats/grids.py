@@ -354,4 +354,9 @@ class UniformGrid:
 
 ElementGrid = IntGrid | FloatGrid | TableGrid | PowerGrid | CubeRootGrid | LloydMaxGrid | UniformGrid
 
-NAMED_TABLES = {"nf4": NF4_LEVELS, "af4": AF4_LEVELS}
+#: GGUF IQ4_NL / IQ4_XS non-linear 4-bit grid (ggml's kvalues_iq4nl), integers on a signed block scale.
+IQ4NL_LEVELS = (
+    -127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0, 1.0, 13.0, 25.0, 38.0, 53.0, 69.0, 89.0, 113.0,
+)  # fmt: skip
+
+NAMED_TABLES = {"nf4": NF4_LEVELS, "af4": AF4_LEVELS, "iq4nl": IQ4NL_LEVELS}

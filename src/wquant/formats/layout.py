@@ -13,14 +13,16 @@ genuine `QuantizedTensor`, so bits, storage and `dequantize()` stay exact whatev
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wquant.errors import TensorError
+from wquant.errors import ScaleRangeError, TensorError
 from wquant.formats.codebook import Codebook
+from wquant.formats.fit import FIT_MULTIPLIERS, fit_block_scales
 from wquant.formats.grids import UniformGrid
 from wquant.formats.grouping import (
     as_2d,
@@ -33,7 +35,7 @@ from wquant.formats.grouping import (
     view_2d,
 )
 from wquant.formats.quantized import QuantizedTensor
-from wquant.formats.spec import FormatSpec, parse_spec
+from wquant.formats.spec import FALLBACKS, PRESETS, FormatSpec, parse_spec, preset_name
 from wquant.validation import NanPolicy, check_tensor
 
 
@@ -46,6 +48,8 @@ class GroupScales:
     offsets: torch.Tensor | None = None  # float32: added after scaling (minmax offset, zeropoint −level·scale)
     offset_codes: torch.Tensor | None = None  # int64
     tensor_scale: float | None = None  # the per-tensor factor the scale codes are relative to
+    super_codes: torch.Tensor | None = None  # int64 (scale rows, super-blocks): two-level scale's super numbers
+    super_offset_codes: torch.Tensor | None = None  # int64: the minmax offsets' super numbers (dmin)
 
     @property
     def groups(self) -> int:
@@ -55,6 +59,9 @@ class GroupScales:
         """Per group: `other`'s fields where `take` (scale rows, groups) is True, these elsewhere."""
         if self.tensor_scale != other.tensor_scale:
             raise ValueError("scales relative to different per-tensor factors cannot be mixed")
+        if self.super_codes is not None:
+            raise ValueError("two-level block scales depend on their super-block's number; choose them per "
+                             "super-block (TensorLayout.choose_scales fits them), not per block")  # fmt: skip
 
         def pick(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
             return None if a is None or b is None else torch.where(take, b, a)
@@ -75,7 +82,19 @@ class GroupScales:
             return None if fields[0] is None else torch.cat(fields, dim=1)
 
         return GroupScales(join("scales"), join("scale_codes"), join("offsets"), join("offset_codes"),  # type: ignore[arg-type]
-                           parts[0].tensor_scale)  # fmt: skip
+                           parts[0].tensor_scale, join("super_codes"), join("super_offset_codes"))  # fmt: skip
+
+    def columns(self, start: int, stop: int, per: int = 1) -> GroupScales:
+        """Group columns start:stop (and, for two-level scales, their super-block columns start/per:stop/per)."""
+
+        def part(t: torch.Tensor | None, a: int, b: int) -> torch.Tensor | None:
+            return None if t is None else t[:, a:b]
+
+        return GroupScales(
+            part(self.scales, start, stop), part(self.scale_codes, start, stop),  # type: ignore[arg-type]
+            part(self.offsets, start, stop), part(self.offset_codes, start, stop), self.tensor_scale,
+            part(self.super_codes, start // per, stop // per), part(self.super_offset_codes, start // per, stop // per),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,6 +125,10 @@ class TensorLayout:
         return view_2d(self.shape)[1]
 
     @property
+    def scale_rows(self) -> int:
+        return group_shape(self.spec.scaling, self.shape)[0]
+
+    @property
     def groups(self) -> int:
         return group_shape(self.spec.scaling, self.shape)[1]
 
@@ -115,6 +138,28 @@ class TensorLayout:
 
     def group_cols(self, g: int) -> slice:
         return slice(g * self.group_len, min((g + 1) * self.group_len, self.cols))
+
+    @property
+    def unit_len(self) -> int:
+        """Columns whose scales are chosen together: a super-block under two-level scaling, else a group."""
+        sc = self.spec.scaling
+        return int(sc.super_size) if sc.two_level else self.group_len  # type: ignore[arg-type]
+
+    @property
+    def units(self) -> int:
+        return -(-self.cols // self.unit_len)
+
+    @property
+    def groups_per_unit(self) -> int:
+        return self.spec.scaling.blocks_per_super
+
+    def unit_cols(self, u: int) -> slice:
+        return slice(u * self.unit_len, min((u + 1) * self.unit_len, self.cols))
+
+    def unit_scales(self, scales: GroupScales, u: int) -> GroupScales:
+        """The group columns of unit u (one super-block, or one group)."""
+        per = self.groups_per_unit
+        return scales.columns(u * per, (u + 1) * per, per)
 
     def outlier_mask(self) -> torch.Tensor | None:
         """(rows, cols) True where a value is stored exactly as an outlier; None without outliers."""
@@ -139,20 +184,36 @@ class TensorLayout:
         return x if mask is None else x.masked_fill(mask, 0.0)
 
     def choose_scales(
-        self, x: torch.Tensor, multiplier: float | torch.Tensor = 1.0, *, fit_factor: bool = False
-    ) -> GroupScales:
+        self, x: torch.Tensor, multiplier: float | torch.Tensor = 1.0, *, fit_factor: bool = False,
+        importance: torch.Tensor | None = None, candidates: Sequence[float] = FIT_MULTIPLIERS,
+    ) -> GroupScales:  # fmt: skip
         """Stored scales (and offsets) of the group columns `x` covers, by the spec's rule, times `multiplier`.
 
         x: (rows, k) values with outliers zeroed, starting on a group boundary (the whole tensor, or some of
         its group columns). multiplier: a clip factor, scalar or (scale rows, groups). Narrow ExMy scale
         formats store codes relative to one per-tensor factor: the layout's, or (fit_factor) one fitted to
-        these scales, as `quantize` does for the whole tensor.
+        these scales, as `quantize` does for the whole tensor. Two-level scales (x covering whole
+        super-blocks) are fitted per block (`formats.fit`: the rule's scale times each of `candidates`, each
+        refitted by least squares weighted by `importance` (rows, k), or plain MSE), then stored as integers
+        under their super-block's number.
         """
         sc = self.spec.scaling
         blocks, pad = sc.blocks(x)
         raw, mins = sc.raw_scales(blocks, self.scale_book, pad)
         raw = raw * multiplier
         mins = None if mins is None else mins * multiplier
+        if sc.two_level:
+            if pad or x.shape[1] % self.unit_len:
+                raise ValueError(f"two-level scales are chosen for whole super-blocks of {self.unit_len} columns")
+            weights = None if importance is None else sc.blocks(importance.to(blocks.dtype))[0]
+            offsets = None if mins is None else mins - raw * self.scale_book.lo
+            raw, offsets = fit_block_scales(blocks, self.book, raw, offsets, weights, candidates,
+                                            signed=sc.scale_format.signed)  # fmt: skip
+            scales, codes, super_codes = sc.quantize_two_level(raw)
+            if offsets is None:
+                return GroupScales(scales, codes, super_codes=super_codes)
+            stored, offset_codes, super_offsets = sc.quantize_two_level_offsets(offsets)
+            return GroupScales(scales, codes, stored, offset_codes, None, super_codes, super_offsets)
         factor = None if fit_factor else self.tensor_scale
         scales, codes, factor = sc.scale_format.quantize(raw, self.scale_book.absmax_target, factor=factor)
         offsets = offset_codes = None
@@ -212,6 +273,8 @@ class TensorLayout:
             self.spec, self.shape, self.dtype, codes.reshape(-1).to(self.book.code_dtype()),
             scales.scale_codes.numpy(), None if scales.offset_codes is None else scales.offset_codes.numpy(),
             scales.tensor_scale, self.table, self.outlier_index.numpy(), self.outlier_codes,
+            super_codes=None if scales.super_codes is None else scales.super_codes.numpy(),
+            super_offset_codes=None if scales.super_offset_codes is None else scales.super_offset_codes.numpy(),
         )  # fmt: skip
 
 
@@ -230,6 +293,7 @@ def prepare_layout(
     """
     spec = parse_spec(spec)
     x = check_tensor(x, name, nan_policy=nan_policy)
+    check_whole_super_blocks(spec, tuple(x.shape), name)
     if isinstance(spec.element, UniformGrid) and spec.element.target_bits is not None:
         from wquant.formats.budget import quantize_to_budget
 
@@ -287,11 +351,27 @@ def check_scale_range(layout: TensorLayout, x: torch.Tensor, name: str) -> None:
     if bool(bad.any()) and float(raw[bad].max()) >= SCALE_RANGE_RELEVANCE * peak:
         fmt = sc.scale_format.name
         worst = float(raw[bad].max())
-        raise TensorError(
+        raise ScaleRangeError(
             f"{name}: {int(bad.sum())} of {raw.numel()} group scales (up to {worst:.3g}) are out of the range of "
             f"{fmt} scales and would store as {float(stored[bad].max()):.3g}, wrecking those groups; use a wider "
             "scale format (bf16 or fp32 cover 1e-38..3e38) or rescale the tensor"
         )
+
+
+def check_whole_super_blocks(spec: FormatSpec, shape: tuple[int, ...], name: str) -> None:
+    """Two-level formats need rows of whole super-blocks (as GGUF does); refuse others with the fallback to use."""
+    sc = spec.scaling
+    cols = view_2d(shape)[1]
+    if not sc.two_level or cols % int(sc.super_size) == 0:  # type: ignore[arg-type]
+        return
+    preset = preset_name(spec)
+    fallback = FALLBACKS.get(preset or "")
+    hint = f"use {fallback} ({PRESETS[fallback]}) for it, as llama.cpp does" if fallback else (
+        "use a single-level format for it")  # fmt: skip
+    raise TensorError(
+        f"{name}: rows of {cols} values are not a multiple of the {sc.super_size}-value super-block of "
+        f"{preset or spec.to_string()}; {hint} (e.g. an override for this module)"
+    )
 
 
 def _fit_table(layout: TensorLayout, work: torch.Tensor, w2d: torch.Tensor | None, scales: GroupScales) -> np.ndarray:

@@ -26,7 +26,8 @@ from wquant.formats.spec import OUTLIER_INDEX_BITS, FormatSpec, parse_spec
 TABLE_COUNT_BITS = 32  # a fitted grid's table is stored with its entry count
 MAX_TABLE_SIZE = 2**21 + 1
 #: Names of the stored fields in `state()`; absent fields (no offsets, no table, ...) are left out.
-FIELDS = ("codes", "scales", "offsets", "tensor_scale", "table", "outlier_index", "outlier_values")
+FIELDS = ("codes", "scales", "offsets", "super_scales", "super_offsets", "tensor_scale", "table", "outlier_index",
+          "outlier_values")  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,6 +47,8 @@ class QuantizedTensor:
     fitted_table: torch.Tensor | None  # uint8: the float32 levels of a data-dependent grid (little-endian)
     packed_outlier_index: torch.Tensor  # uint8: flat outlier indices, ascending, 32 bits each
     packed_outlier_values: torch.Tensor  # uint8: outlier values in the outlier value format
+    packed_super_scales: torch.Tensor | None = None  # uint8: two-level scaling's super-block scale codes
+    packed_super_offsets: torch.Tensor | None = None  # uint8: ... and its minmax offsets' super-block codes
 
     # ------------------------------------------------------------------------------------------ building
 
@@ -55,7 +58,8 @@ class QuantizedTensor:
         scale_codes: np.ndarray | torch.Tensor, offset_codes: np.ndarray | torch.Tensor | None = None,
         tensor_scale: float | None = None, table: np.ndarray | None = None,
         outlier_index: np.ndarray | None = None, outlier_codes: np.ndarray | None = None,
-        payload: bytes | None = None,
+        payload: bytes | None = None, super_codes: np.ndarray | torch.Tensor | None = None,
+        super_offset_codes: np.ndarray | torch.Tensor | None = None,
     ) -> QuantizedTensor:  # fmt: skip
         """Pack unpacked fields; codes are entropy-coded when the spec says so (or `payload` is that container)."""
         book = codebook_of(spec, table)
@@ -78,6 +82,8 @@ class QuantizedTensor:
             None if table is None else _f32_bytes(table),
             pack_bits(_int_array(index), OUTLIER_INDEX_BITS),
             pack_bits(_int_array(empty if outlier_codes is None else outlier_codes), value_bits),
+            None if super_codes is None else pack_bits(_int_array(super_codes), sc.super_format.bits),
+            None if super_offset_codes is None else pack_bits(_int_array(super_offset_codes), sc.super_format.bits),
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------ unpacked views
@@ -109,6 +115,12 @@ class QuantizedTensor:
         return rows * groups
 
     @property
+    def n_supers(self) -> int:
+        """Super-blocks (two-level scaling), 0 otherwise."""
+        sc = self.spec.scaling
+        return self.n_groups // sc.blocks_per_super if sc.two_level else 0
+
+    @property
     def n_outliers(self) -> int:
         return self.spec.outliers.count(self.numel) if self.spec.outliers is not None else 0
 
@@ -135,6 +147,18 @@ class QuantizedTensor:
         return self._unpack_cpu(self.packed_offsets, self.spec.scaling.offset_bits(self.codebook()), self.n_groups)
 
     @property
+    def super_codes(self) -> np.ndarray | None:
+        if self.packed_super_scales is None:
+            return None
+        return self._unpack_cpu(self.packed_super_scales, self.spec.scaling.super_format.bits, self.n_supers)
+
+    @property
+    def super_offset_codes(self) -> np.ndarray | None:
+        if self.packed_super_offsets is None:
+            return None
+        return self._unpack_cpu(self.packed_super_offsets, self.spec.scaling.super_format.bits, self.n_supers)
+
+    @property
     def outlier_index(self) -> np.ndarray:
         return self._unpack_cpu(self.packed_outlier_index, OUTLIER_INDEX_BITS, self.n_outliers)
 
@@ -151,8 +175,10 @@ class QuantizedTensor:
     def scales(self) -> torch.Tensor:
         """Decoded scale values, shape (scale rows, groups), float32 on the CPU."""
         rows, groups = group_shape(self.spec.scaling, self.shape)
-        fmt = self.spec.scaling.scale_format
-        return fmt.decode(self.scale_codes, self.tensor_scale).reshape(rows, groups)
+        sc = self.spec.scaling
+        if sc.two_level:
+            return sc.decode_two_level(self.scale_codes, self.super_codes, (rows, groups))  # type: ignore[arg-type]
+        return sc.scale_format.decode(self.scale_codes, self.tensor_scale).reshape(rows, groups)
 
     def offsets(self, scales: torch.Tensor | None = None) -> torch.Tensor | None:
         """Decoded offsets added after scaling (minmax / zeropoint), shaped like the scales; None otherwise."""
@@ -160,7 +186,10 @@ class QuantizedTensor:
         if codes is None:
             return None
         scales = self.scales() if scales is None else scales
-        return self.spec.scaling.decode_offsets(codes, scales, self.codebook())
+        sc = self.spec.scaling
+        if sc.two_level:  # offsets are −dmin·m
+            return -sc.decode_two_level(codes, self.super_offset_codes, tuple(scales.shape))  # type: ignore[arg-type]
+        return sc.decode_offsets(codes, scales, self.codebook())
 
     # ---------------------------------------------------------------------------------------------- bits
 
@@ -178,6 +207,8 @@ class QuantizedTensor:
             "outliers": 0 if self.spec.outliers is None else self.n_outliers * self.spec.outliers.bits_each,
             "alignment": 0,
         }
+        if sc.two_level:  # super-block numbers: d (and dmin for minmax) per super-block
+            out["super_scales"] = self.n_supers * sc.super_fields() * sc.super_format.bits
         if coded:  # the coded container starts on a byte boundary
             out["alignment"] = -(sum(out.values()) - out["codes"]) % 8
         return out
@@ -193,9 +224,7 @@ class QuantizedTensor:
     def dequantize(self) -> torch.Tensor:
         """The tensor as stored, in its original shape and dtype, on the device the fields are on."""
         rows, cols = view_2d(self.shape)
-        return self._decode(self.codes.reshape(rows, cols), self.scales(), self.offsets(), None).reshape(
-            self.shape
-        )
+        return self._decode(self.codes.reshape(rows, cols), self.scales(), self.offsets(), None).reshape(self.shape)
 
     def dequantize_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Only the given rows of the (out, in) view, shape (len(rows), in): an embedding looks up no more.
@@ -204,7 +233,7 @@ class QuantizedTensor:
         decoded whole (a coded stream has no row index).
         """
         n_rows, cols = view_2d(self.shape)
-        rows = rows.reshape(-1).to(torch.int64)
+        rows = rows.reshape(-1).to(torch.int64).cpu()  # scales are decoded on the CPU; codes stay on their device
         book = self.codebook()
         row_bits = cols * book.code_bits
         if self.spec.coding is None and row_bits % 8 == 0:
@@ -250,6 +279,8 @@ class QuantizedTensor:
             "codes": self.packed_codes,
             "scales": self.packed_scales,
             "offsets": self.packed_offsets,
+            "super_scales": self.packed_super_scales,
+            "super_offsets": self.packed_super_offsets,
             "tensor_scale": self.tensor_factor,
             "table": self.fitted_table,
             "outlier_index": self.packed_outlier_index,
@@ -272,6 +303,8 @@ class QuantizedTensor:
         sc = spec.scaling
         want = {"codes", "scales", "outlier_index", "outlier_values"}
         want |= {"offsets"} if sc.has_offsets else set()
+        want |= {"super_scales"} if sc.two_level else set()
+        want |= {"super_offsets"} if sc.two_level and sc.has_offsets else set()
         want |= {"tensor_scale"} if sc.scale_format.tensor_scale_bits else set()
         want |= {"table"} if spec.element.data_dependent else set()
         if set(state) != want:
@@ -279,7 +312,8 @@ class QuantizedTensor:
                                    f"(it stores {sorted(want)})")  # fmt: skip
         get = state.get
         q = QuantizedTensor(spec, shape, dtype, state["codes"], state["scales"], get("offsets"), get("tensor_scale"),
-                            get("table"), state["outlier_index"], state["outlier_values"])  # fmt: skip
+                            get("table"), state["outlier_index"], state["outlier_values"], get("super_scales"),
+                            get("super_offsets"))  # fmt: skip
         if check:
             q.check()
         return q
@@ -291,6 +325,8 @@ class QuantizedTensor:
             if tensor.dtype != torch.uint8 or tensor.dim() != 1:
                 raise CorruptDataError(f"stored field {name} is {tensor.dtype} {tuple(tensor.shape)}, expected "
                                        "a 1-D uint8 tensor of packed bits")  # fmt: skip
+        if sc.two_level and view_2d(self.shape)[1] % int(sc.super_size):  # type: ignore[arg-type]
+            raise CorruptDataError(f"shape {self.shape} does not hold whole {sc.super_size}-value super-blocks")
         if self.fitted_table is not None and self.fitted_table.numel() % 4:
             raise CorruptDataError(f"stored table has {self.fitted_table.numel()} bytes, not whole float32 values")
         table = self.table
@@ -304,6 +340,8 @@ class QuantizedTensor:
         sizes = {
             "scales": packed_bytes(self.n_groups, sc.scale_format.bits),
             "offsets": packed_bytes(self.n_groups, sc.offset_bits(book)),
+            "super_scales": packed_bytes(self.n_supers, sc.super_format.bits),
+            "super_offsets": packed_bytes(self.n_supers, sc.super_format.bits),
             "tensor_scale": 4,
             "outlier_index": packed_bytes(self.n_outliers, OUTLIER_INDEX_BITS),
             "outlier_values": packed_bytes(self.n_outliers, spec.outliers.value_format.bits if spec.outliers else 8),
@@ -346,6 +384,10 @@ class QuantizedTensor:
         writer.write(self.scale_codes, sc.scale_format.bits)
         if self.packed_offsets is not None:
             writer.write(self.offset_codes, sc.offset_bits(book))  # type: ignore[arg-type]
+        if self.packed_super_scales is not None:
+            writer.write(self.super_codes, sc.super_format.bits)  # type: ignore[arg-type]
+        if self.packed_super_offsets is not None:
+            writer.write(self.super_offset_codes, sc.super_format.bits)  # type: ignore[arg-type]
         if self.tensor_factor is not None:
             writer.write(self.tensor_factor.cpu(), 8)
         if self.spec.outliers is not None:
@@ -381,6 +423,9 @@ class QuantizedTensor:
             spec.coding is None) else None  # fmt: skip
         scale_codes = reader.read(sc.scale_format.bits, rows * groups)
         offset_codes = reader.read(sc.offset_bits(book), rows * groups) if sc.has_offsets else None
+        supers = rows * groups // sc.blocks_per_super if sc.two_level else 0
+        super_codes = reader.read(sc.super_format.bits, supers) if sc.two_level else None
+        super_offsets = reader.read(sc.super_format.bits, supers) if sc.two_level and sc.has_offsets else None
         tensor_scale = float(_f32_from_bits(reader.read(32, 1))[0]) if sc.scale_format.tensor_scale_bits else None
         k = spec.outliers.count(numel) if spec.outliers is not None else 0
         outlier_codes = reader.read(spec.outliers.value_format.bits, k) if spec.outliers else None
@@ -394,7 +439,8 @@ class QuantizedTensor:
         assert codes is not None
         stored = QuantizedTensor.pack(
             spec, shape, dtype, torch.from_numpy(codes.astype(np.int64)), scale_codes, offset_codes, tensor_scale,
-            table, outlier_index, outlier_codes, payload=payload,
+            table, outlier_index, outlier_codes, payload=payload, super_codes=super_codes,
+            super_offset_codes=super_offsets,
         )  # fmt: skip
         stored.check()
         return stored

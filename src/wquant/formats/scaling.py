@@ -8,6 +8,7 @@ only (its padding is never stored and never changes a block statistic).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -28,6 +29,8 @@ OFFSET_RULES = ("minmax", "zeropoint")
 _IEEE_SCALES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _E8M0_RULES = {"e8m0": "floor", "e8m0-floor": "floor", "e8m0-rceil": "rceil"}
 E8M0_BIAS = 127
+#: Integer sub-block scale formats of two-level scaling: u<b> (0 … 2^b−1) or i<b> (−2^(b−1) … 2^(b−1)−1).
+_INT_SCALE = re.compile(r"([ui])(\d+)")
 
 
 @lru_cache(maxsize=64)
@@ -41,6 +44,8 @@ class ScaleFormat:
 
     Narrow ExMy scales (at most 4 exponent bits, e.g. e4m3 for NVFP4) keep one fp32 per-tensor factor so
     their small range covers the tensor's scales; those 32 bits are counted. Wider ones need none.
+    `u<b>` / `i<b>` are integer multiples of a super-block scale (two-level scaling, see `Scaling.super_size`):
+    stored as b-bit codes, i<b> offset by 2^(b−1) (code 0 is −2^(b−1)).
     """
 
     name: str = "bf16"
@@ -48,7 +53,24 @@ class ScaleFormat:
     def __post_init__(self) -> None:
         if self.name in _IEEE_SCALES or self.name in _E8M0_RULES:
             return
+        if m := _INT_SCALE.fullmatch(self.name):
+            check_int_range(int(m.group(2)), f"{self.name} scale bits", 2 if m.group(1) == "i" else 1, 16,
+                            error=SpecError)  # fmt: skip
+            return
         float_format(self.name)  # raises SpecError listing the accepted forms
+
+    @property
+    def is_integer(self) -> bool:
+        """An integer multiple of a super-block scale (u<b>, i<b>): only meaningful under two-level scaling."""
+        return _INT_SCALE.fullmatch(self.name) is not None
+
+    @property
+    def int_range(self) -> tuple[int, int]:
+        """(lowest, highest) integer an integer scale format stores."""
+        if not self.is_integer:
+            raise SpecError(f"{self.name} is not an integer scale format")
+        b = self.bits
+        return (-(2 ** (b - 1)), 2 ** (b - 1) - 1) if self.signed else (0, 2**b - 1)
 
     @property
     def bits(self) -> int:
@@ -56,12 +78,16 @@ class ScaleFormat:
             return torch.finfo(_IEEE_SCALES[self.name]).bits
         if self.name in _E8M0_RULES:
             return 8
+        if m := _INT_SCALE.fullmatch(self.name):
+            return int(m.group(2))
         return float_format(self.name).bits
 
     @property
     def signed(self) -> bool:
         if self.name in _E8M0_RULES:
             return False
+        if m := _INT_SCALE.fullmatch(self.name):
+            return m.group(1) == "i"
         return self.name in _IEEE_SCALES or float_format(self.name).signed
 
     @property
@@ -75,7 +101,9 @@ class ScaleFormat:
 
     @property
     def _exmy(self) -> FloatFormat | None:
-        return None if self.name in _IEEE_SCALES or self.name in _E8M0_RULES else float_format(self.name)
+        if self.name in _IEEE_SCALES or self.name in _E8M0_RULES or self.is_integer:
+            return None
+        return float_format(self.name)
 
     def quantize(
         self, raw: torch.Tensor, grid_max: float, *, factor: float | None = None
@@ -87,6 +115,8 @@ class ScaleFormat:
         groups at a time must share the factor chosen once for the whole tensor).
         """
         raw = raw.to(torch.float32)
+        if self.is_integer:
+            raise SpecError(f"{self.name} scales are multiples of a super-block scale; add /super<S>:fp16 to the spec")
         if self.name in _IEEE_SCALES:
             dtype = _IEEE_SCALES[self.name]
             finfo = torch.finfo(dtype)
@@ -127,6 +157,11 @@ class ScaleFormat:
         return values
 
     def _decode(self, codes: np.ndarray, factor: float | None) -> torch.Tensor:
+        if self.is_integer:
+            lo, hi = self.int_range
+            if codes.size and (int(codes.min()) < 0 or int(codes.max()) > hi - lo):
+                raise CorruptDataError(f"stored {self.name} scale code out of range")
+            return torch.as_tensor(codes + lo, dtype=torch.float32)
         if self.name in _IEEE_SCALES:
             dtype = _IEEE_SCALES[self.name]
             bits = torch.finfo(dtype).bits
@@ -147,13 +182,22 @@ class ScaleFormat:
 
 @dataclass(frozen=True)
 class Scaling:
-    """Granularity (tensor / channel / block of `block_size`), scale rule, scale storage, optional search."""
+    """Granularity (tensor / channel / block of `block_size`), scale rule, scale storage, optional search.
+
+    Two-level scaling (`super_size`): blocks are grouped into super-blocks of `super_size` inputs; each block
+    stores its scale as an integer (`u<b>` or `i<b>` scale format) times one `super_format` number per
+    super-block, and a minmax offset as −(unsigned integer)·(a second super-block number). This is the GGUF
+    k-quant layout (Q4_K: u6 scales and mins of 32-input blocks under fp16 d and dmin per 256 inputs); any
+    element grid may use it. Rows must hold whole super-blocks.
+    """
 
     granularity: Granularity = "block"
     block_size: int | None = 64
     rule: ScaleRule = "absmax"
     scale_format: ScaleFormat = ScaleFormat("bf16")
     search: bool = False
+    super_size: int | None = None
+    super_format: ScaleFormat = ScaleFormat("fp16")
 
     def __post_init__(self) -> None:
         if self.granularity not in ("tensor", "channel", "block"):
@@ -165,14 +209,73 @@ class Scaling:
         if self.rule not in SCALE_RULES:
             raise SpecError(f"scale rule {self.rule!r} unknown; valid: {', '.join(SCALE_RULES)}")
         if self.rule == "signmax" and not self.scale_format.signed:
-            raise SpecError(f"signmax gives negative scales; {self.scale_format.name} is unsigned, use bf16/fp16/fp32")
-        if self.rule == "minmax" and self.scale_format.name not in _IEEE_SCALES:
+            signed = f"i{self.scale_format.bits}" if self.scale_format.is_integer else "bf16/fp16/fp32"
+            raise SpecError(f"signmax gives negative scales; {self.scale_format.name} is unsigned, use {signed}")
+        if self.super_size is not None:
+            self._check_two_level()
+        elif self.scale_format.is_integer:
+            example = f"block32:{self.rule}:{self.scale_format.name}/super256:fp16"
+            raise SpecError(f"{self.scale_format.name} scales are integer multiples of a super-block scale; add "
+                            f"/super<S>:fp16 (e.g. {example})")  # fmt: skip
+        elif self.rule == "minmax" and self.scale_format.name not in _IEEE_SCALES:
             raise SpecError("minmax stores a zero offset beside the scale; use an fp32, fp16 or bf16 scale format")
+
+    def _check_two_level(self) -> None:
+        if self.granularity != "block":
+            raise SpecError(f"super-blocks group blocks; {self.granularity} scaling has none (use block<B>)")
+        check_int_range(self.super_size, "super-block size", 2, 2**24, error=SpecError)
+        if self.super_size % self.block_size or self.super_size == self.block_size:  # type: ignore[operator]
+            raise SpecError(f"super-block {self.super_size} must be a multiple (≥ 2×) of the block {self.block_size}")
+        if not self.scale_format.is_integer:
+            raise SpecError(f"under a super-block, block scales are integers: use u<b> or i<b> (e.g. u6), not "
+                            f"{self.scale_format.name}")  # fmt: skip
+        if self.super_format.name not in _IEEE_SCALES:
+            raise SpecError(f"the super-block scale is stored as fp16, bf16 or fp32, not {self.super_format.name}")
+        if self.rule == "zeropoint":
+            raise SpecError("two-level scaling stores minmax offsets, not integer zero points; use minmax")
+        if self.rule == "minmax" and self.scale_format.signed:
+            raise SpecError(f"two-level minmax stores unsigned scales and mins; use u{self.scale_format.bits}")
 
     @property
     def token(self) -> str:
         gran = f"block{self.block_size}" if self.granularity == "block" else self.granularity
-        return f"{gran}:{self.rule}:{self.scale_format.name}"
+        out = f"{gran}:{self.rule}:{self.scale_format.name}"
+        return out if self.super_size is None else f"{out}/super{self.super_size}:{self.super_format.name}"
+
+    @property
+    def two_level(self) -> bool:
+        return self.super_size is not None
+
+    @property
+    def blocks_per_super(self) -> int:
+        return 1 if self.super_size is None else self.super_size // int(self.block_size)  # type: ignore[arg-type]
+
+    def super_fields(self) -> int:
+        """Super-block numbers stored per super-block: the scale's, plus the mins' for minmax."""
+        return 0 if self.super_size is None else (2 if self.rule == "minmax" else 1)
+
+    def quantize_two_level(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Block scales (rows, groups) → (stored values, block codes, super-block codes (rows, supers)).
+
+        The super-block number maps the super-block's largest block scale onto the integer range's far end
+        (a signed format: the signed extreme onto −2^(b−1), so scales of either sign fit); each block scale is
+        then the nearest integer multiple of it.
+        """
+        return _two_level(raw, self.blocks_per_super, self.scale_format, self.super_format)
+
+    def quantize_two_level_offsets(self, mins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """minmax offsets (≤ 0) → (stored offsets = −dmin·m, m codes, dmin codes), m unsigned like the scales."""
+        values, codes, super_codes = _two_level(
+            (-mins).clamp(min=0), self.blocks_per_super, self.scale_format, self.super_format
+        )
+        return -values, codes, super_codes
+
+    def decode_two_level(self, codes: np.ndarray, super_codes: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
+        """Stored block values (rows, groups) from block codes and super-block codes (inverse of the above)."""
+        rows, groups = shape
+        ints = self.scale_format.decode(codes, None).reshape(rows, groups // self.blocks_per_super, -1)
+        supers = self.super_format.decode(super_codes, None).reshape(rows, -1, 1)
+        return (ints * supers).reshape(rows, groups)
 
     @property
     def has_offsets(self) -> bool:
@@ -253,4 +356,26 @@ class Scaling:
         lo_val, hi_val = blocks.amin(dim=-1), blocks.amax(dim=-1)  # 2× faster than aminmax on CPU
         if self.rule == "zeropoint":
             lo_val, hi_val = lo_val.clamp(max=0), hi_val.clamp(min=0)
+        elif self.two_level:  # offsets are stored as −dmin·m, m ≥ 0: a block's minimum above 0 drops to 0
+            lo_val = lo_val.clamp(max=0)
         return (hi_val - lo_val) / (book.hi - book.lo), lo_val
+
+
+def _two_level(
+    raw: torch.Tensor, per: int, sub: ScaleFormat, sup: ScaleFormat
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rows, groups = raw.shape
+    r = raw.to(torch.float32).reshape(rows, groups // per, per)
+    lo, hi = sub.int_range
+    if sub.signed:
+        top, bottom = r.amax(dim=-1), r.amin(dim=-1)
+        d_raw = torch.where(top >= -bottom, top, bottom) / lo
+    else:
+        d_raw = r.clamp(min=0).amax(dim=-1) / hi
+    d, d_codes, _ = sup.quantize(d_raw, 1.0)
+    safe = torch.where(d == 0, torch.ones_like(d), d)
+    k = torch.round(r / safe[..., None]).clamp_(lo, hi)
+    k = torch.where((d == 0)[..., None], torch.zeros_like(k), k)
+    values = (k * d[..., None]).reshape(rows, groups)
+    codes = (k - lo).to(torch.int64).reshape(rows, groups)
+    return values, codes, torch.as_tensor(d_codes).reshape(d.shape)

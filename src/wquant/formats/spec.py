@@ -1,9 +1,11 @@
 """Format specs: one frozen dataclass per format, a spec string that round-trips, and a JSON form.
 
-Grammar: ELEMENT[/GRANULARITY[:RULE][:SCALE_FORMAT]][+search][+outliers<ratio>[:<value format>]][+coded[:g<N>]]
-e.g. `int4:asym/block64:absmax:bf16`, `nf4/block64:absmax:fp32`, `e2m1/block32:absmax:e8m0`,
-`crd-t5:4/tensor:rms+outliers0.001`. A bare name is a preset (`mxfp4`, `nvfp4`, `nf4`, ...) or an element
-with the default scaling block64:absmax:bf16.
+Grammar: ELEMENT[/GRANULARITY[:RULE][:SCALE_FORMAT]][/super<S>[:SUPER_FORMAT]][+search][+outliers<ratio>[:<value
+format>]][+coded[:g<N>]], e.g. `int4:asym/block64:absmax:bf16`, `nf4/block64:absmax:fp32`,
+`e2m1/block32:absmax:e8m0`, `crd-t5:4/tensor:rms+outliers0.001`, and two-level (k-quant) scaling
+`int4:unsigned/block32:minmax:u6/super256:fp16` (GGUF Q4_K). A bare name is a preset (`mxfp4`, `nvfp4`,
+`nf4`, the GGUF types `q4_0` … `q6_k`, `iq4_xs`, ...) or an element with the default scaling
+block64:absmax:bf16.
 """
 
 from __future__ import annotations
@@ -52,7 +54,34 @@ PRESETS: dict[str, str] = {
     "int4-g128": "int4:unsigned/block128:minmax:bf16",  # scale + real-valued zero offset, 4.25
     "gptq-int4-g128": "int4:unsigned/block128:zeropoint:fp16",  # GPTQ/AWQ checkpoints: fp16 scale, 4-bit zero, 4.15625
     "int8-channel": "int8/channel:absmax:bf16",
+    # GGUF (llama.cpp) types: bits/param equal to the bytes a block takes in a GGUF file
+    "q4_0": "int4:asym/block32:signmax:fp16",  # 18 B / 32: 4.5
+    "q4_1": "int4:unsigned/block32:minmax:fp16",  # 20 B / 32: 5.0
+    "q5_0": "int5:asym/block32:signmax:fp16",  # 22 B / 32: 5.5
+    "q5_1": "int5:unsigned/block32:minmax:fp16",  # 24 B / 32: 6.0
+    "q8_0": "int8/block32:absmax:fp16",  # 34 B / 32: 8.5
+    "iq4_nl": "iq4nl/block32:signmax:fp16",  # 18 B / 32: 4.5
+    "tq2_0": "int2/block256:absmax:fp16",  # 66 B / 256: 2.0625
+    "q2_k": "int2:unsigned/block16:minmax:u4/super256:fp16",  # 84 B / 256: 2.625
+    "q3_k": "int3:asym/block16:signmax:i6/super256:fp16",  # 110 B / 256: 3.4375
+    "q4_k": "int4:unsigned/block32:minmax:u6/super256:fp16",  # 144 B / 256: 4.5
+    "q5_k": "int5:unsigned/block32:minmax:u6/super256:fp16",  # 176 B / 256: 5.5
+    "q6_k": "int6:asym/block16:signmax:i8/super256:fp16",  # 210 B / 256: 6.5625
+    "iq4_xs": "iq4nl/block32:signmax:i6/super256:fp16",  # 136 B / 256: 4.25
 }
+
+#: Presets that are GGUF tensor types (their stored fields are a GGUF block's; wquant.export.gguf_types).
+GGUF_PRESETS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "mxfp4", "tq2_0", "q2_k", "q3_k", "q4_k", "q5_k",
+                "q6_k", "iq4_xs")  # fmt: skip
+
+#: The GGUF types Fisher allocation chooses from for `--formats gguf` (llama.cpp's ladder, Q2_K … Q8_0).
+GGUF_LADDER = ("q2_k", "q3_k", "iq4_xs", "q4_k", "q5_k", "q6_k", "q8_0")
+
+#: What llama.cpp stores a tensor as when its rows do not hold whole blocks of the asked type.
+FALLBACKS: dict[str, str] = {
+    "q2_k": "iq4_nl", "q3_k": "iq4_nl", "iq4_xs": "iq4_nl", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0",
+    "tq2_0": "q4_0",
+}  # fmt: skip
 
 ELEMENT_FORMS = (
     "int<b>[:asym|:half|:unsigned]",
@@ -61,6 +90,7 @@ ELEMENT_FORMS = (
     "nf4",
     "af4",
     "sf4",
+    "iq4nl (GGUF IQ4_NL levels)",
     "lut:<v1>,<v2>,...",
     "crd-normal:<b>[:asym][:p<power>]",
     "crd-laplace:<b>[:asym]",
@@ -132,12 +162,21 @@ class FormatSpec:
         if self.scaling.rule == "zeropoint" and self.element.data_dependent:
             raise SpecError("a zero point indexes a fixed grid level; fitted grids (Lloyd–Max, uniform) move "
                             "their levels, so use minmax with them")  # fmt: skip
+        if self.scaling.two_level:
+            if self.element.data_dependent:
+                raise SpecError("two-level scales are fitted to a fixed grid; fitted grids (Lloyd–Max, uniform) "
+                                "take single-level scaling")  # fmt: skip
+            if self.scaling.search:
+                raise SpecError("two-level block scales are already fitted per block (formats.fit); drop +search")
+            if self.scaling.rule == "minmax" and self.element.codebook().lo != 0:
+                raise SpecError(f"two-level minmax offsets are −dmin·m (m ≥ 0), which needs a grid starting at 0: "
+                                f"use int{self.element.bits}:unsigned, not {self.element.token}")  # fmt: skip
 
     def __str__(self) -> str:
         return self.to_string()
 
     def to_string(self) -> str:
-        out = f"{self.element.token}/{self.scaling.token}"
+        out = f"{self.element.token}/{self.scaling.token}"  # two-level scaling adds /super<S>:<format>
         if self.scaling.search:
             out += "+search"
         if self.outliers is not None:
@@ -158,6 +197,8 @@ class FormatSpec:
                 "rule": self.scaling.rule,
                 "scale_format": self.scaling.scale_format.name,
                 "search": self.scaling.search,
+                "super_size": self.scaling.super_size,
+                "super_format": self.scaling.super_format.name,
             },
             "outliers": None
             if self.outliers is None
@@ -186,7 +227,13 @@ class FormatSpec:
                 raise SpecError(f"element kind {kind!r} unknown; valid: FloatGrid, {', '.join(sorted(kinds))}")
             sc = dict(data["scaling"])
             scaling = Scaling(
-                sc["granularity"], sc["block_size"], sc["rule"], ScaleFormat(sc["scale_format"]), bool(sc["search"])
+                sc["granularity"],
+                sc["block_size"],
+                sc["rule"],
+                ScaleFormat(sc["scale_format"]),
+                bool(sc["search"]),
+                sc.get("super_size"),
+                ScaleFormat(sc.get("super_format") or "fp16"),
             )
             out = data.get("outliers")
             outliers = None if out is None else OutlierSpec(float(out["ratio"]), ScaleFormat(out["value_format"]))
@@ -264,7 +311,15 @@ def parse_element(token: str) -> ElementGrid:
 
 
 def parse_scaling(token: str, *, search: bool = False) -> Scaling:
-    parts = token.strip().lower().split(":")
+    """`block32:absmax:bf16`-style scaling, optionally with a super-block part `/super256:fp16`."""
+    main, *rest_parts = token.strip().lower().split("/")
+    super_size, super_format = None, "fp16"
+    if rest_parts:
+        m = re.fullmatch(r"super(\d+)(?::(\w+))?", rest_parts[0].strip())
+        if len(rest_parts) > 1 or m is None:
+            raise SpecError(f"scaling part {'/'.join(rest_parts)!r} unknown; a super-block is written /super<S>[:fp16]")
+        super_size, super_format = int(m.group(1)), m.group(2) or "fp16"
+    parts = main.split(":")
     gran, rest = parts[0], parts[1:]
     if gran in ("tensor", "channel"):
         granularity, block = gran, None
@@ -283,9 +338,9 @@ def parse_scaling(token: str, *, search: bool = False) -> Scaling:
     except SpecError:
         raise SpecError(
             f"scaling part {scale_format!r} is neither a rule ({', '.join(SCALE_RULES)}) nor a scale format "
-            "(fp32, fp16, bf16, e8m0, e8m0-rceil, or ExMy such as e4m3)"
+            "(fp32, fp16, bf16, e8m0, e8m0-rceil, ExMy such as e4m3, or u<b>/i<b> under a super-block)"
         ) from None
-    return Scaling(granularity, block, rule, fmt, search)  # type: ignore[arg-type]
+    return Scaling(granularity, block, rule, fmt, search, super_size, ScaleFormat(super_format))  # type: ignore[arg-type]
 
 
 def parse_spec(text: str | FormatSpec) -> FormatSpec:
@@ -298,6 +353,8 @@ def parse_spec(text: str | FormatSpec) -> FormatSpec:
     if raw.lower() in PRESETS:
         raw = PRESETS[raw.lower()]
     main, *mods = raw.split("+")
+    if main.strip().lower() in PRESETS:  # a preset with modifiers, e.g. q4_0+outliers0.001
+        main = PRESETS[main.strip().lower()]
     search, outliers, coding = False, None, None
     for mod in mods:
         mod = mod.strip().lower()
@@ -311,7 +368,34 @@ def parse_spec(text: str | FormatSpec) -> FormatSpec:
             raise SpecError(
                 f"modifier +{mod} unknown; valid: +search, +outliers<ratio>[:fp16|bf16|fp32], +coded[:g<N>]"
             )
-    element_tok, _, scaling_tok = main.partition("/")
+    element_tok, _, scaling_tok = main.partition("/")  # the scaling keeps any /super<S> part
     element = parse_element(element_tok)
     scaling = parse_scaling(scaling_tok or DEFAULT_SCALING, search=search)
     return FormatSpec(element, scaling, outliers, coding)
+
+
+def preset_name(spec: FormatSpec | str) -> str | None:
+    """The preset whose spec this is (the first listed, e.g. `q4_k`), or None."""
+    return _preset_names().get(parse_spec(spec).to_string())
+
+
+_PRESET_NAMES: dict[str, str] = {}
+
+
+def _preset_names() -> dict[str, str]:
+    if not _PRESET_NAMES:
+        for name, text in PRESETS.items():
+            _PRESET_NAMES.setdefault(parse_spec(text).to_string(), name)
+    return _PRESET_NAMES
+
+
+def fallback_spec(spec: FormatSpec | str, shape: tuple[int, ...]) -> FormatSpec | None:
+    """The format llama.cpp would store `shape` as instead of a two-level preset whose super-block does not
+    divide its rows (Q4_K → Q5_0, Q6_K → Q8_0, Q2_K/Q3_K/IQ4_XS → IQ4_NL), or None if there is none."""
+    name = preset_name(spec)
+    fallback = FALLBACKS.get(name or "")
+    if fallback is None:
+        return None
+    cols = math.prod(shape[1:]) if len(shape) > 1 else (shape[0] if shape else 1)
+    block = parse_spec(fallback).scaling.block_size or 1
+    return parse_spec(fallback) if cols % block == 0 else None

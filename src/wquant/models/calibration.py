@@ -9,6 +9,10 @@ Hessian of its next group of layers (layers fed the very same tensor, such as q/
 once its layers are quantized, to produce the inputs of the next block. Layers outside the blocks (an
 output head, a pooler) are calibrated by running the whole model and cutting the pass once the layer has
 seen its inputs. Memory holds one block's inputs and one layer's (in, in) statistic at a time.
+
+Each layer group gets a `LayerStatistics` (Hessian, per-channel mean/max |x|, optionally a sample of input rows).
+A `prepare_block` callback sees every block with its cached inputs before its layers are calibrated: where
+smoothing scales are chosen and folded into the block (`models.smoothing`), on the block as it is then.
 """
 
 from __future__ import annotations
@@ -21,12 +25,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from wquant.algorithms import HessianAccumulator
+from wquant.algorithms import LayerStatistics
 from wquant.errors import ParameterError
 
 Batch = Mapping[str, torch.Tensor] | torch.Tensor
-#: called once per layer in forward order: (module path, Hessian or None when no input reached it, tokens)
-OnLayer = Callable[[str, torch.Tensor | None, int], None]
+#: called once per layer in forward order: (module path, its input statistics or None when no input reached it)
+OnLayer = Callable[[str, LayerStatistics | None], None]
+#: one calibration pass over a block (or the model) and the attention mask of its batch
+Pass = tuple[Callable[[], Any], torch.Tensor | None]
+#: called before a block's layers are calibrated: (block, its path prefix "model.layers.3.", the target paths
+#: inside it in forward order, relative to the block, and the passes that run the block on its cached inputs);
+#: also for the layers before and after the blocks, with the whole model as the block and prefix ""
+PrepareBlock = Callable[[nn.Module, str, list[str], list[Pass]], None]
 
 
 class _Stop(Exception):
@@ -43,36 +53,53 @@ class _Inputs:
 
 
 def calibrate(
-    model: nn.Module, paths: Sequence[str], batches: Sequence[Batch], on_layer: OnLayer, *, block_cache: bool = True
+    model: nn.Module,
+    paths: Sequence[str],
+    batches: Sequence[Batch],
+    on_layer: OnLayer,
+    *,
+    block_cache: bool = True,
+    samples: int = 0,
+    prepare_block: PrepareBlock | None = None,
 ) -> None:
-    """Visit the layers at `paths` in forward order, each with the Hessian of its inputs; `on_layer` quantizes it.
+    """Visit the layers at `paths` in forward order, each with the statistics of its inputs; `on_layer` quantizes it.
 
     `on_layer` must replace the layer (it is called before later layers are calibrated, so they see its
     quantized outputs). block_cache=False runs the whole model for every layer group (the reference walk).
+    samples: input rows each group's statistics keep (seeded; 0 keeps none). prepare_block: see `PrepareBlock`.
     """
     if not batches:
         raise ParameterError("calibration is empty; give at least one batch (or none for data-free configs)")
     with torch.no_grad(), _no_kv_cache(model):
         order = _execution_order(model, paths, batches[0])
         for path in [p for p in paths if p not in order]:  # never reached by a forward pass
-            on_layer(path, None, 0)
+            on_layer(path, None)
         blocks = _blocks(model, order) if block_cache else None
+        whole = [(lambda b=b: _run(model, b), _mask_of(b)) for b in batches]
         if blocks is None:
-            _walk_by_cutting(model, order, batches, on_layer)
+            if prepare_block is not None and order:
+                prepare_block(model, "", list(order), whole)
+            _walk_by_cutting(model, order, batches, on_layer, samples)
             return
         container, indices = blocks
         first = f"{container}.{indices[0]}"
         before = [p for p in order if order.index(p) < _first_inside(order, container)]
-        _walk_by_cutting(model, before, batches, on_layer)
+        if prepare_block is not None and before:
+            prepare_block(model, "", before, whole)
+        _walk_by_cutting(model, before, batches, on_layer, samples)
         inputs = _capture_inputs(model, model.get_submodule(first), batches)
         for i in range(indices[0], len(model.get_submodule(container))):
             prefix = f"{container}.{i}."
             block = model.get_submodule(f"{container}.{i}")
             inside = [p for p in order if p.startswith(prefix)]
-            _walk_block(block, prefix, inside, inputs, on_layer)
+            if prepare_block is not None and inside:
+                prepare_block(block, prefix, [p[len(prefix) :] for p in inside], _block_passes(block, inputs))
+            _walk_block(block, prefix, inside, inputs, on_layer, samples)
             inputs = [_next_inputs(block, x) for x in inputs]
         after = [p for p in order if p not in before and not p.startswith(f"{container}.")]
-        _walk_by_cutting(model, after, batches, on_layer)
+        if prepare_block is not None and after:
+            prepare_block(model, "", after, whole)
+        _walk_by_cutting(model, after, batches, on_layer, samples)
 
 
 @contextmanager
@@ -180,16 +207,16 @@ def _identity(x: torch.Tensor) -> tuple[Any, ...]:
 
 
 def _group_statistics(
-    root: nn.Module, pending: list[str], prefix: str, passes: Sequence[tuple[Callable[[], Any], torch.Tensor | None]]
-) -> tuple[list[str], torch.Tensor, int]:
-    """Hessian of the first pending layer and the layers fed the very same tensor, cutting each pass after them.
+    root: nn.Module, pending: list[str], prefix: str, passes: Sequence[Pass], samples: int = 0
+) -> tuple[list[str], LayerStatistics]:
+    """Statistics of the first pending layer and the layers fed the very same tensor, cutting each pass after them.
 
     `pending` paths are relative to `root` after `prefix`; each pass is a callable running `root` (or the
     model) on one batch, with that batch's attention mask.
     """
     target = pending[0]
     group = [target]
-    acc = HessianAccumulator(name=prefix + target)
+    acc = LayerStatistics(name=prefix + target, samples=samples)
     state: dict[str, Any] = {"key": None, "input": None, "mask": None, "known": False, "seen": set()}
 
     def make_hook(path: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
@@ -223,26 +250,83 @@ def _group_statistics(
     finally:
         for handle in handles:
             handle.remove()
-    return group, acc.hessian(), acc.tokens
+    acc.hessian()  # refuses a group no calibration token reached
+    return group, acc
 
 
-def _walk_by_cutting(model: nn.Module, order: list[str], batches: Sequence[Batch], on_layer: OnLayer) -> None:
+def _walk_by_cutting(
+    model: nn.Module, order: list[str], batches: Sequence[Batch], on_layer: OnLayer, samples: int = 0
+) -> None:
     """The reference walk: the whole model is run up to each layer group."""
     passes = [(lambda b=b: _run(model, b), _mask_of(b)) for b in batches]
     pending = list(order)
     while pending:
-        group, hessian, tokens = _group_statistics(model, pending, "", passes)
+        group, stats = _group_statistics(model, pending, "", passes, samples)
         for path in group:
-            on_layer(path, hessian, tokens)
+            on_layer(path, stats)
         pending = [p for p in pending if p not in group]
 
 
-def _walk_block(block: nn.Module, prefix: str, order: list[str], inputs: list[_Inputs], on_layer: OnLayer) -> None:
+def _block_passes(block: nn.Module, inputs: list[_Inputs]) -> list[Pass]:
+    return [(lambda x=x: block(*x.args, **x.kwargs), x.mask) for x in inputs]
+
+
+def _walk_block(
+    block: nn.Module, prefix: str, order: list[str], inputs: list[_Inputs], on_layer: OnLayer, samples: int = 0
+) -> None:
     """The layers of one block, each group calibrated by running the block alone on its cached inputs."""
-    passes = [(lambda x=x: block(*x.args, **x.kwargs), x.mask) for x in inputs]
+    passes = _block_passes(block, inputs)
     pending = [p[len(prefix) :] for p in order]
     while pending:
-        group, hessian, tokens = _group_statistics(block, pending, prefix, passes)
+        group, stats = _group_statistics(block, pending, prefix, passes, samples)
         for path in group:
-            on_layer(prefix + path, hessian, tokens)
+            on_layer(prefix + path, stats)
         pending = [p for p in pending if p not in group]
+
+
+def group_inputs(root: nn.Module, paths: list[str], passes: Sequence[Pass], samples: int = 0,
+                 name_prefix: str = "") -> list[tuple[list[str], LayerStatistics]]:  # fmt: skip
+    """Every layer group (layers fed the very same tensor) among `paths` with its input statistics, in one run of
+    the passes (nothing in `root` changes meanwhile): what a smoothing step needs before any layer is quantized.
+
+    Each pass's layer inputs are held until the pass ends, so the identity of two inputs (same memory, view and
+    version) means the very same tensor, as in the sequential walk.
+    """
+    groups: list[list[str]] = []
+    stats: list[LayerStatistics] = []
+    group_of: dict[str, int] = {}
+    state: dict[str, Any] = {"mask": None, "held": [], "keys": {}, "added": set()}
+
+    def make_hook(path: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            key = _identity(x)
+            state["held"].append(x)  # held: its memory cannot be recycled for another input of this pass
+            if path not in group_of:  # first time this layer runs: its group is the layer fed this very tensor
+                index = state["keys"].get(key)
+                if index is None:
+                    groups.append([])
+                    stats.append(LayerStatistics(name=name_prefix + path, samples=samples))
+                    index = len(groups) - 1
+                groups[index].append(path)
+                group_of[path] = index
+            index = group_of[path]
+            state["keys"].setdefault(key, index)
+            if index not in state["added"]:
+                state["added"].add(index)
+                stats[index].add(x, state["mask"])
+
+        return hook
+
+    handles = [root.get_submodule(p).register_forward_pre_hook(make_hook(p)) for p in paths]
+    try:
+        for run, mask in passes:
+            state["mask"], state["held"], state["keys"], state["added"] = mask, [], {}, set()
+            try:
+                run()
+            except _Stop:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(zip(groups, stats, strict=True))

@@ -6,7 +6,8 @@ Layout of a saved folder:
     wquant-manifest.json       {"body": {...}, "sha256": sha256 of the body's canonical JSON}
     tokenizer files            when a tokenizer is given (plain JSON/text, loaded by transformers)
 
-The body records each packed weight's layout (format spec, shape, dtype, bits), which modules use it,
+The body records each packed weight's layout (format spec, shape, dtype, bits), which modules use it (and the
+activation spec of a module that quantizes its input; a static activation scale is a stored parameter),
 dtype/shape/sha256 of every stored tensor, the sha256 of the whole safetensors file, tied names, the base
 model's config, the wquant version and the format version. Loading checks all of it before building
 anything, so a flipped byte, a truncated file or a different format version is refused with CorruptDataError.
@@ -32,6 +33,7 @@ from wquant.errors import CorruptDataError, ParameterError, WquantError
 from wquant.formats import QuantizedTensor, parse_spec
 from wquant.formats.quantized import FIELDS
 from wquant.io import atomic_write, check_output_folder, file_mode, replace_folder, staging_folder
+from wquant.models.activations import InputQuantizer
 from wquant.models.bits import model_bits
 from wquant.models.hf import check_fits_in_memory
 from wquant.models.layers import PackedWeight, QuantizedEmbedding, QuantizedLinear, packed_weights, quantized_modules
@@ -111,6 +113,10 @@ def save_quantized(
     modules: dict[str, Any] = {}
     for path, module in quantized_modules(model):
         extra = {"padding_idx": module.padding_idx} if isinstance(module, QuantizedEmbedding) else {}
+        quantizer = getattr(module, "input_quant", None)
+        if isinstance(quantizer, InputQuantizer):  # its static scale and divisor are stored parameters
+            extra["activations"] = None if quantizer.spec is None else quantizer.spec.to_string()
+            extra["divisor"] = quantizer.divisor is not None
         modules[path] = {"weight": packed_path[id(module.qweight)], "layout": module.layout, **extra}
 
     aliases: dict[str, str] = {}
@@ -304,6 +310,11 @@ def _fill(net: nn.Module, body: dict[str, Any], tensors: dict[str, torch.Tensor]
             else:
                 bias = getattr(old, "bias", None)
                 new = QuantizedLinear(holder, bias if isinstance(bias, nn.Parameter) else None, layout=info["layout"])
+                if "activations" in info:
+                    divisor = None
+                    if info.get("divisor"):
+                        divisor = nn.Parameter(torch.zeros(new.in_features, dtype=torch.float16), requires_grad=False)
+                    new.input_quant = InputQuantizer(info["activations"], new.in_features, divisor=divisor)
             set_submodule(net, path, new)
         packed_names = {f"{path}.qweight.{f}" for path in body["modules"] for f in FIELDS}
         aliases = {a: t for a, t in body["aliases"].items() if a not in packed_names}

@@ -135,6 +135,7 @@ class QuantizedLinear(nn.Module):
         self.layout = layout
         self.out_features, self.in_features = weight.shape[0], int(torch.Size(weight.shape[1:]).numel())
         self.bias = bias
+        self.input_quant: nn.Module | None = None  # quantizes the input on the fly (models.activations)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -143,6 +144,8 @@ class QuantizedLinear(nn.Module):
         return w.t() if self.layout == "transposed" else w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quant is not None:
+            x = self.input_quant(x)
         w = self.qweight.dequantize()
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, w.to(x.dtype), bias)
