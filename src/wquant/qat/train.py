@@ -122,7 +122,7 @@ class QATConfig:
             raise ParameterError(f"schedule {self.schedule!r} unknown; valid: constant, cosine")
         if self.init not in ("rtn", "gptq"):
             raise ParameterError(f"QAT init {self.init!r} unknown; valid: gptq, rtn")
-        check_int_range(self.steps, "steps", 0)
+        check_int_range(self.steps, "steps", 1)
         check_int_range(self.batch_size, "batch_size", 1)
         check_int_range(self.warmup_steps, "warmup_steps", 0)
         check_int_range(self.seq_len, "seq_len", 2)
@@ -298,8 +298,9 @@ def _load_state(path: Path) -> tuple[dict[str, Any], _RunState]:
 
 
 def _check_resumable(meta: dict[str, Any], expected: dict[str, Any], path: Path) -> None:
-    for key in ("config", "data_sha256", "model_sha256", "trainable"):
-        if meta.get(key) != expected[key]:
+    """Refuse a saved run made with other settings, base model, data or layers (the keys `expected` holds)."""
+    for key in ("config", "model_sha256", "data_sha256", "trainable"):
+        if key in expected and meta.get(key) != expected[key]:
             if key == "config":
                 differ = sorted(k for k in expected[key] if meta[key].get(k) != expected[key][k])
                 what = "settings " + ", ".join(f"{k} (saved {meta[key].get(k)!r}, now {expected[key][k]!r})"
@@ -408,6 +409,11 @@ def train_qat(
             (folder / STATE_FILE).unlink(missing_ok=True)
             (folder / DATA_FILE).unlink(missing_ok=True)
     base_sha = model_sha256(model)
+    state_path = None if folder is None else folder / STATE_FILE
+    saved = None
+    if state_path is not None and state_path.is_file():  # a damaged or foreign run is refused before any work
+        saved = _load_state(state_path)
+        _check_resumable(saved[0], {"config": config.fingerprint(), "model_sha256": base_sha}, state_path)
     if loss_kind != "ce" and teacher is None:
         teacher = copy.deepcopy(model)
     if teacher is not None:
@@ -463,9 +469,9 @@ def train_qat(
             return sum(float(qat_loss(model, teacher, b, loss_kind, causal)) for b in probe) / len(probe)
 
     start_step, losses, probe_start = 0, [], None
-    state_path = None if folder is None else folder / STATE_FILE
-    if state_path is not None and state_path.is_file():
-        saved_meta, state = _load_state(state_path)
+    if saved is not None:
+        assert state_path is not None
+        saved_meta, state = saved
         _check_resumable(saved_meta, meta, state_path)
         with torch.no_grad():
             for name, param in named:
