@@ -252,3 +252,19 @@ def test_peqa_keeps_the_rtn_codes_and_lowers_the_task_loss() -> None:
             return float(model(ids, labels=ids).loss)
 
     assert task_loss(peqa, train) < 0.97 * task_loss(rtn, train)
+
+
+@pytest.mark.parametrize("method", ["llm-qat", "peqa"])
+def test_a_gptq_start_with_zero_learning_rate_is_the_gptq_model_bit_for_bit(method: str) -> None:
+    """init='gptq': STE modules start at GPTQ's codes through its stored scales (learned), PEQA freezes them."""
+    from wquant.algorithms import GPTQConfig
+
+    ids = _ids(16, 12)
+    gptq = tiny_llama(tie=False)
+    wquant.quantize_(gptq, GPTQConfig(SPEC), calibration=[{"input_ids": ids[i : i + 4]} for i in range(0, 16, 4)])
+    model = tiny_llama(tie=False)
+    options = {"learn_scales": True} if method == "llm-qat" else {}
+    train_qat(model, _small(method=method, lr=0.0, init="gptq", **options), samples=token_samples(ids))
+    assert _same_state(model, gptq)
+    with pytest.raises(ParameterError, match="add learn_scales=True"):
+        QATConfig(SPEC, init="gptq")

@@ -148,11 +148,16 @@ class FakeQuantLinear(nn.Module):
 
     def __init__(
         self, weight: nn.Parameter, bias: nn.Parameter | None, config: FakeQuantConfig, *,
-        layout: str = "linear", name: str = "weight",
+        layout: str = "linear", name: str = "weight", initial: QuantizedTensor | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         if layout not in ("linear", "transposed"):
             raise ParameterError(f"FakeQuantLinear layout must be 'linear' or 'transposed', got {layout!r}")
+        if initial is not None and not config.learn_scales:
+            raise ParameterError(
+                f"{name}: starting from stored codes (e.g. GPTQ's) needs learned scales that start at the stored "
+                "ones (rule-made scales of the decoded weight round it elsewhere); pass learn_scales=True"
+            )
         self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight.detach().clone())
         self.bias = bias
         self.config = config
@@ -173,6 +178,11 @@ class FakeQuantLinear(nn.Module):
             if first.spec.scaling.search:
                 self._multiplier = search_multiplier(first, work, None)
             init = first.choose_scales(work, self._multiplier, fit_factor=True)
+            if initial is not None:  # the stored scales: rounding the decoded weight on them gives back its codes
+                stored = initial.scales()
+                init = replace(init, scales=stored.to(init.scales.dtype).reshape(init.scales.shape),
+                               offsets=None if init.offsets is None else initial.offsets(stored).to(init.offsets.dtype)
+                               .reshape(init.offsets.shape), tensor_scale=initial.tensor_scale)  # fmt: skip
             self._factor = init.tensor_scale
             self.scale = nn.Parameter(init.scales.clone())
             if first.spec.scaling.rule == "minmax":
@@ -438,7 +448,9 @@ def prepare_qat(
     """Swap every selected Linear (and Conv1D) of `model` for a fake-quantized module, in place; their paths.
 
     With `freeze_codes` (PEQA) each weight is first rounded to nearest, unless the model is already quantized
-    (`wquant.quantize_` with any algorithm, e.g. GPTQ): its packed weights then give the frozen codes.
+    (`wquant.quantize_` with any algorithm, e.g. GPTQ): its packed weights then give the frozen codes. STE
+    modules start an already quantized layer from its decoded weight and, as learned scales (`learn_scales`),
+    its stored scales, so training starts exactly at its codes.
     Weights tied to an embedding are left as they are (as `quantize_` does without embedding targets).
     """
     if not isinstance(model, nn.Module):
@@ -467,13 +479,17 @@ def prepare_qat(
             new = FakeQuantLinear(module.weight, bias, config, layout=site.kind, name=site.name)
         set_submodule(model, site.path, new)
         done.append(site.path)
-    if config.freeze_codes:
-        for path, module in quantized_modules(model):
-            if isinstance(module, QuantizedLinear) and selected(path) and path not in done:
-                q = module.qweight.quantized
-                set_submodule(model, path, PEQALinear(q, module.bias, config, layout=module.layout,
-                                                      name=f"{path}.weight"))  # fmt: skip
-                done.append(path)
+    for path, module in quantized_modules(model):
+        if isinstance(module, QuantizedLinear) and selected(path) and path not in done:
+            q = module.qweight.quantized
+            if config.freeze_codes:
+                new = PEQALinear(q, module.bias, config, layout=module.layout, name=f"{path}.weight")
+            else:
+                weight = nn.Parameter(module.weight.detach().to(q.dtype).clone())
+                new = FakeQuantLinear(weight, module.bias, replace(config, format=q.spec), layout=module.layout,
+                                      name=f"{path}.weight", initial=q)  # fmt: skip
+            set_submodule(model, path, new)
+            done.append(path)
     if not done:
         raise ParameterError("no Linear layer of the model matches include/exclude; nothing to train")
     return done

@@ -138,6 +138,11 @@ class QATConfig:
         check_positive(self.temperature, "temperature")
         if self.grad_clip is not None:
             check_positive(self.grad_clip, "grad_clip")
+        if self.init == "gptq" and self.method != "peqa" and not self.learn_scales:
+            raise ParameterError(
+                f"init 'gptq' with {self.method} starts from GPTQ's codes and scales, which only learned scales keep "
+                "(rule-made scales of GPTQ's weights round them elsewhere): add learn_scales=True (--learn-scales)"
+            )
         if self.method == "peqa" and (self.learn_scales or self.learn_exponent):
             raise ParameterError("peqa trains the scales of frozen codes already; drop learn_scales/learn_exponent")
         self.fake_quant  # noqa: B018  (validates the fake-quantization options against the format)
@@ -346,24 +351,15 @@ def _default_loss(config: QATConfig, causal: bool) -> str:
 
 
 def _gptq_start(model: nn.Module, config: QATConfig, samples: Samples, log: Callable[[str], None]) -> None:
-    """GPTQ on the training data: PEQA keeps its packed layers (their codes freeze); STE / LLM-QAT start their
-    float weights on GPTQ's decoded ones, whose rounding gives back GPTQ's codes."""
+    """GPTQ on (up to 128 of) the training samples, in place: `prepare_qat` then starts from its packed layers —
+    PEQA freezes their codes, STE / LLM-QAT start from their decoded weights and stored scales (learned)."""
     from wquant.algorithms import GPTQConfig
     from wquant.models import QuantizeConfig, quantize_
-    from wquant.models.layers import quantized_modules
 
     n = min(samples["input_ids"].shape[0], 128)
     batches = [{k: v[i : i + config.batch_size] for k, v in samples.items()} for i in range(0, n, config.batch_size)]
     qconfig = QuantizeConfig(GPTQConfig(config.spec), include=config.include, exclude=config.exclude)
-    if config.method == "peqa":
-        quantize_(model, qconfig, calibration=batches, log=log)
-        return
-    shadow = copy.deepcopy(model)
-    quantize_(shadow, qconfig, calibration=batches, log=log)
-    with torch.no_grad():
-        for path, module in quantized_modules(shadow):
-            target = model.get_submodule(path)
-            target.weight.copy_(module.weight.to(target.weight.dtype))
+    quantize_(model, qconfig, calibration=batches, log=log)
 
 
 def train_qat(
