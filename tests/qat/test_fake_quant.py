@@ -52,6 +52,20 @@ def test_forward_and_stored_tensor_are_rtn_of_the_weight(spec: str) -> None:
         assert stored.bits() == rtn.bits()
 
 
+@pytest.mark.parametrize("spec", ["q4_k", "q2_k", "iq4_xs", "q6_k"])
+def test_two_level_gguf_scales_train_through_the_ste_and_refuse_learned_scales(spec: str) -> None:
+    w = _weight(8, 512)
+    rtn = quantize(w, spec)
+    module = FakeQuantLinear(nn.Parameter(w.clone()), None, FakeQuantConfig(spec))
+    assert torch.equal(module.fake_weight().detach(), rtn.dequantize())
+    assert module.to_quantized().to_bytes() == rtn.to_bytes()
+    for options in ({"learn_scales": True}, {"freeze_codes": True}):
+        with pytest.raises(ParameterError, match="two-level"):
+            FakeQuantConfig(spec, **options)
+    with pytest.raises(ParameterError, match="two-level"):
+        PEQALinear(rtn, None, FakeQuantConfig("int4/block32:absmax:fp16", freeze_codes=True))
+
+
 def test_budget_spec_is_met_again_on_the_trained_weight() -> None:
     w = _weight(32, 128)
     spec = "uniform@3/tensor:rms:bf16+coded"

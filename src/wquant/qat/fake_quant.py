@@ -84,6 +84,12 @@ class FakeQuantConfig:
         object.__setattr__(self, "format", spec)
         name = spec.to_string()
         unbounded = isinstance(spec.element, UniformGrid)
+        if (self.learn_scales or self.freeze_codes) and spec.scaling.super_size is not None:
+            raise ParameterError(
+                f"{name}: learned scales and PEQA round each scale on its own, but two-level (super-block) scales "
+                "are integer multiples of a shared super scale, which they do not learn yet; train this format "
+                "with plain STE (method llm-qat or ste without learned scales), or use a one-level spec"
+            )
         if self.learn_scales and self.freeze_codes:
             raise ParameterError("freeze_codes (PEQA) already trains the scales; drop learn_scales")
         if self.learn_scales and unbounded:
@@ -327,7 +333,7 @@ class PEQALinear(nn.Module):
         layout: str = "linear", name: str = "weight",
     ) -> None:  # fmt: skip
         super().__init__()
-        self.config = config
+        self.config = replace(config, format=quantized.spec)  # validates: e.g. no two-level scales
         self.layout = layout
         self.name = name
         self.bias = bias
