@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from wquant.cli.qat import app
 from wquant.evaluate import char_tokenizer
+from wquant.formats import quantize
 from wquant.models import load_pretrained, load_quantized, read_manifest
 
 TEXT = "Now is the winter of our discontent\nMade glorious summer by this sun of York;\n" * 12
@@ -91,3 +92,25 @@ def test_an_existing_output_folder_needs_force(lm_dir, tmp_path) -> None:
     result = runner.invoke(app, [str(lm_dir), "--out", str(out)])
     assert result.exit_code == 2
     assert "--force" in result.output
+
+
+def test_a_qat_checkpoint_exports_to_gguf_exactly(lm_dir, tmp_path) -> None:
+    """Trained in a GGUF type, saved like `wquant quantize` saves: `wquant export` writes it and gguf's own
+    reader and dequantizer give back the trained weights."""
+    gguf = pytest.importorskip("gguf")
+    from wquant.cli.main import app as main_app
+
+    out, path = tmp_path / "q", tmp_path / "m.gguf"
+    trained = runner.invoke(app, [str(lm_dir), "-f", "q4_0", "--out", str(out), *SMALL, "--lr", "1e-3"])
+    assert trained.exit_code == 0, trained.output
+    exported = runner.invoke(main_app, ["export", str(out), "--to", "gguf", "--out", str(path)])
+    assert exported.exit_code == 0, exported.output
+    tensor = next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == "blk.0.ffn_down.weight")
+    assert tensor.tensor_type.name == "Q4_0"
+    values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape([int(n) for n in reversed(tensor.shape)])
+    model = load_quantized(out)
+    base = load_pretrained(lm_dir).model
+    down = model.model.layers[0].mlp.down_proj.weight.float()
+    assert torch.equal(torch.from_numpy(values.copy()).float(), down)
+    rtn = quantize(base.model.layers[0].mlp.down_proj.weight.detach(), "q4_0").dequantize()
+    assert not torch.equal(down, rtn)  # trained codes, not the rounded float weight
