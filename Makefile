@@ -40,6 +40,7 @@ fuzz: venv
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 # each script runs wquant beside its peer library in one process and rewrites its section of BENCHMARKS.md
 bench: venv

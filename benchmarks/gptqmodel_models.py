@@ -189,8 +189,12 @@ def main() -> None:
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 3], help="code widths (sym=True at 4 only)")
     parser.add_argument("--no-extras", action="store_true", help="skip the bf16-default and damp-0.01 rows")
     parser.add_argument("--write", action="store_true", help="update the section in BENCHMARKS.md")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="extra quantize runs per grid, gptqmodel and wquant interleaved, for median times")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="extra quantize runs per grid, gptqmodel and wquant interleaved, for median times",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
 

@@ -65,8 +65,14 @@ def bnb_rows(model: nn.Module) -> list[tuple[str, float, float, float]]:
             for name, child in list(module.named_children()):
                 if not isinstance(child, nn.Linear):
                     continue
-                layer = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                          compute_dtype=torch.float32, compress_statistics=double, quant_type="nf4")
+                layer = bnb.nn.Linear4bit(
+                    child.in_features,
+                    child.out_features,
+                    bias=child.bias is not None,
+                    compute_dtype=torch.float32,
+                    compress_statistics=double,
+                    quant_type="nf4",
+                )
                 layer.weight = bnb.nn.Params4bit(child.weight.data.clone(), requires_grad=False, quant_type="nf4",
                                                  blocksize=64, compress_statistics=double)  # fmt: skip
                 layer = layer.to("cpu")  # quantizes

@@ -59,9 +59,7 @@ def test_tie_survives_reload(llama, tmp_path) -> None:
 
 
 def test_unquantized_ties_and_dtypes_survive(tmp_path) -> None:
-    model = nn.Sequential(
-        nn.Embedding(10, 8), nn.Linear(8, 10, bias=False), nn.LayerNorm(8).to(torch.bfloat16)
-    )
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 10, bias=False), nn.LayerNorm(8).to(torch.bfloat16))
     model[1].weight = model[0].weight
     save_quantized(model, tmp_path)
     fresh = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 10, bias=False), nn.LayerNorm(8))

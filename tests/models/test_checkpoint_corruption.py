@@ -18,9 +18,7 @@ def saved(tmp_path_factory):
 
     net = BertModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                intermediate_size=64, max_position_embeddings=32))  # fmt: skip
-    quantize_(
-        net, QuantizeConfig("int4/block32:absmax:bf16", overrides=(("*.value", "uniform0.3/tensor:rms+coded"),))
-    )
+    quantize_(net, QuantizeConfig("int4/block32:absmax:bf16", overrides=(("*.value", "uniform0.3/tensor:rms+coded"),)))
     folder = tmp_path_factory.mktemp("ckpt")
     save_quantized(net, folder)
     load_quantized(folder)  # the intact one loads

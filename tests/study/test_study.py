@@ -86,6 +86,8 @@ def test_report_is_a_self_contained_decision_document(study, model_dir):
     assert f"How to quantize {model_dir.name} at 6 bits/param" in page
     assert html.escape(result.summary.sentence) in page and result.summary.sentence.startswith("Use ")
     assert "Kashiwamura" in page and "the seed" not in page
+    for algorithm in ("gptq", "awq", "smoothquant", "zeroquant"):  # the study lists every registered algorithm
+        assert f"--plan plan.json --algorithm {algorithm} --calib FILE" in page
     assert page.index("id='recommendation'") < page.index("id='pareto'") < page.index("id='heatmap'")
     assert page.index("<h2>Timings</h2>") > page.index("Supporting detail")
 

@@ -25,9 +25,7 @@ FIG2_POINT = RegressionSetting(alpha=1.5, sigma=0.01, lam=0.0, beta=20.0)  # the
         (FIG2_POINT, power_levels(8, 2.0, 1.5), 6000, (0, 1)),
     ],
 )
-def test_amp_matches_rs_in_rs_phase(
-    setting: RegressionSetting, levels: LevelSet, n: int, seeds: tuple
-) -> None:
+def test_amp_matches_rs_in_rs_phase(setting: RegressionSetting, levels: LevelSet, n: int, seeds: tuple) -> None:
     rs = solve_rs(setting, levels)
     assert rs.rs_stable
     runs = [run_amp(make_instance(setting, n, seed), levels) for seed in seeds]
@@ -80,7 +78,5 @@ def test_rsb_phase_amp_stops_converging_and_chains_disagree() -> None:
     mc = heat_bath_sampler(make_instance(rsb, 150, seed=0), levels, n_sweeps=300, burn_in=100, seed=1)
     assert mc.q_between < 0.75 * mc.q_self.min()
     # control in the RS phase: the same diagnostic shows two chains in one state
-    mc_rs = heat_bath_sampler(
-        make_instance(SPEC_POINT, 150, seed=0), uniform_levels(2, 1.0), 300, 100, seed=1
-    )
+    mc_rs = heat_bath_sampler(make_instance(SPEC_POINT, 150, seed=0), uniform_levels(2, 1.0), 300, 100, seed=1)
     assert mc_rs.q_between > 0.95 * mc_rs.q_self.min()

@@ -44,8 +44,7 @@ def test_v2_log_weights_match_direct_integration() -> None:
     lv = uniform_levels(2, 1.5)
     edges = [-np.inf, *lv.thresholds, np.inf]
     masses = [
-        quad(lambda u: math.exp(-0.5 * 4.0 * 0.3 * u * u), a, b)[0]
-        for a, b in zip(edges[:-1], edges[1:], strict=True)
+        quad(lambda u: math.exp(-0.5 * 4.0 * 0.3 * u * u), a, b)[0] for a, b in zip(edges[:-1], edges[1:], strict=True)
     ]
     got = site_log_weights(lv, st)
     np.testing.assert_allclose(got - got[0], np.log(masses) - math.log(masses[0]), rtol=1e-9, atol=1e-9)

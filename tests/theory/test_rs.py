@@ -66,9 +66,7 @@ def test_spec_reference_point_rsb_phase() -> None:
     assert abs(r.at_value - 14.9) < 0.1 and not r.rs_stable
 
 
-@pytest.mark.parametrize(
-    ("bits", "width", "at"), [(1, 0.7, 12.25), (2, 1.4, 7.05), (3, 2.0, 2.72), (4, 2.5, 0.93)]
-)
+@pytest.mark.parametrize(("bits", "width", "at"), [(1, 0.7, 12.25), (2, 1.4, 7.05), (3, 2.0, 2.72), (4, 2.5, 0.93)])
 def test_large_beta_at_values(bits: int, width: float, at: float) -> None:
     st = RegressionSetting(alpha=0.5, sigma=0.1, lam=0.0, beta=100.0)
     r = solve_rs(st, uniform_levels(bits, width))
@@ -81,11 +79,7 @@ def test_large_beta_at_values(bits: int, width: float, at: float) -> None:
 def test_finite_beta_converges_to_zero_temperature() -> None:
     st = RegressionSetting(alpha=0.5, sigma=0.1, lam=0.0, beta=INF)
     r0 = solve_rs(st, uniform_levels(1, 0.7))
-    assert (
-        abs(r0.chi - 0.3328) < 5e-4
-        and abs(r0.train_error - 0.2821) < 5e-4
-        and abs(r0.gen_error - 0.501) < 1e-3
-    )
+    assert abs(r0.chi - 0.3328) < 5e-4 and abs(r0.train_error - 0.2821) < 5e-4 and abs(r0.gen_error - 0.501) < 1e-3
     assert r0.at_value == INF and r0.regime == "T=0 unique minimiser"
     r200 = solve_rs(st.with_(beta=200.0), uniform_levels(1, 0.7))
     assert abs(r200.chi - 0.3330) < 5e-4

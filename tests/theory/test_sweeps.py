@@ -21,9 +21,7 @@ def test_optimal_width_at_zero_temperature() -> None:
     np.testing.assert_allclose(sweep.best_width, [0.714, 1.399, 1.997], rtol=0.01)
     np.testing.assert_allclose(sweep.best_error, [0.501, 0.221, 0.0906], atol=1e-3)
     # a real interior optimum: the grid ends are worse
-    assert np.all(sweep.gen_error[:, 0] > sweep.best_error) and np.all(
-        sweep.gen_error[:, -1] > sweep.best_error
-    )
+    assert np.all(sweep.gen_error[:, 0] > sweep.best_error) and np.all(sweep.gen_error[:, -1] > sweep.best_error)
 
 
 def test_phase_diagram_rsb_at_few_bits_and_large_width() -> None:

@@ -77,7 +77,8 @@ def ladder_step(bits: float) -> float:
 def expand_families(formats: Sequence[str], bits: Sequence[float]) -> tuple[tuple[str, str], ...]:
     """(family, spec) of every candidate: each template with `{b}` once per bit width, others as they are.
 
-    `gguf` is the ladder of GGUF types (Q2_K … Q8_0), one family. A coded budget template (`uniform@{b}/...+coded`) is a ladder, not a set of budgets: it expands to fixed
+    `gguf` is the ladder of GGUF types (Q2_K … Q8_0), one family.
+    A coded budget template (`uniform@{b}/...+coded`) is a ladder, not a set of budgets: it expands to fixed
     steps at about b bits (`ladder_step`) for every b and every midpoint between consecutive bs, since a coded
     grid's bits are continuous; the exact-budget grid is added by `with_budget_candidates`.
     """

@@ -228,6 +228,7 @@ class CodedSize:
     def total_bits(self) -> int:
         return self.header_bits + self.table_bits + self.padding_bits + self.payload_bits + self.checksum_bits
 
+
 # --------------------------------------------------------------------------------------------------------
 # Byte and bit helpers
 # --------------------------------------------------------------------------------------------------------

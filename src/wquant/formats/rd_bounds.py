@@ -174,9 +174,7 @@ def gaussian_rate_distortion(distortion: float | np.ndarray, variance: float = 1
     return _as_output(np.maximum(0.0, 0.5 * np.log2(_variance(variance) / _distortions(distortion))))
 
 
-def shannon_lower_bound_rate(
-    differential_entropy_bits: float, distortion: float | np.ndarray
-) -> float | np.ndarray:
+def shannon_lower_bound_rate(differential_entropy_bits: float, distortion: float | np.ndarray) -> float | np.ndarray:
     """SLB R(D) ≥ h − ½ log2(2πeD): valid for any source with that differential entropy (MSE)."""
     if not math.isfinite(differential_entropy_bits):
         raise ParameterError(f"differential_entropy_bits must be finite, got {differential_entropy_bits!r}")
@@ -189,9 +187,7 @@ def laplace_rate_distortion_slb(distortion: float | np.ndarray, variance: float 
     return shannon_lower_bound_rate(laplace_entropy_bits(variance), distortion)
 
 
-def ecsq_high_rate_distortion(
-    rate_bits: float | np.ndarray, differential_entropy_bits: float
-) -> float | np.ndarray:
+def ecsq_high_rate_distortion(rate_bits: float | np.ndarray, differential_entropy_bits: float) -> float | np.ndarray:
     """Gish–Pierce: a uniform grid + ideal entropy coder reaches D ≈ (1/12)·2^(2h)·2^(−2R), πe/6 above SLB."""
     rate = _rates(rate_bits)
     return _as_output(np.exp2(2 * differential_entropy_bits) / 12 * np.exp2(-2 * rate))

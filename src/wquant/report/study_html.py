@@ -22,7 +22,7 @@ import numpy as np
 from wquant import __version__
 from wquant.io import write_atomic
 from wquant.study.pipeline import PARETO_RANGE, RD_TENSORS
-from wquant.study.summary import Summary, describe, family_name
+from wquant.study.summary import Summary, cli_model_name, describe, family_name
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222;line-height:1.45;padding:0 1rem}
@@ -327,6 +327,7 @@ def write_study_report(path: Path, config: Any, summary: Summary, results: dict[
         "<p class='note'>As shipped (the model really quantized with the recommended plan and measured end to "
         "end):</p>",
         _table(applied_rows, list(applied_rows[0]), left=[]),
+        _details("Apply the plan with another algorithm", _algorithms_text(summary.model)),
         "<h2>Everything evaluated</h2>",
         _figure(pareto_figure(summary, rows), "Pareto plot of distortion against bits per parameter",
                 "Every candidate evaluated on the held-out text: wquant's allocation at several budgets, the "
@@ -385,6 +386,25 @@ def write_study_report(path: Path, config: Any, summary: Summary, results: dict[
     ]  # fmt: skip
     write_atomic(path, "\n".join(parts))
     return path
+
+
+def _algorithms_text(model: str) -> str:
+    """Every registered algorithm with the command that applies the shipped plan through it: the study measures
+    round to nearest; a data-driven algorithm keeps each tensor's planned format (so the bits) and usually lowers
+    the distortion further."""
+    from wquant.algorithms.registry import ALGORITHMS
+
+    rows = [{"algorithm": a.name, "what it does": a.summary,
+             "command": f"wquant quantize {cli_model_name(model)} --plan plan.json --algorithm {a.name} "
+                        "--calib FILE --out DIR"}
+            for a in ALGORITHMS.values()]  # fmt: skip
+    return (
+        "<p class='note'>The numbers above are round to nearest on the planned formats. Every algorithm below "
+        "keeps each tensor's planned format, so the plan's exact bits, and works from calibration text (the "
+        "data-free ones ignore it); SmoothQuant and ZeroQuant also quantize the layers' inputs (W8A8). They are "
+        "not measured here; BENCHMARKS.md compares them end to end.</p>"
+        + _table(rows, ["algorithm", "what it does", "command"], left=["algorithm", "what it does", "command"])
+    )
 
 
 def alloc_bits(plan: dict[str, Any]) -> float:

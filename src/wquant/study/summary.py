@@ -117,10 +117,14 @@ def saving(curve: list[tuple[float, float]], label: str, bits: float, distortion
     return Saving(label, bits, distortion, at, bound)
 
 
+def cli_model_name(model: str) -> str:
+    """The model as a user names it on the command line (no machine path)."""
+    return "minilm" if model == "all-MiniLM-L6-v2" else model
+
+
 def ships_as(model: str, plan: dict[str, Any]) -> str:
     """How to produce the shipped model (no machine path: the model is named as the user would)."""
-    size = plan_bits(plan) / 8 / 1e6
-    name = "minilm" if model == "all-MiniLM-L6-v2" else model
+    size, name = plan_bits(plan) / 8 / 1e6, cli_model_name(model)
     return f"a wquant checkpoint of {size:.1f} MB (`wquant quantize {name} --plan plan.json --out DIR`)"
 
 

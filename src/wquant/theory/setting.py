@@ -44,9 +44,7 @@ class RegressionSetting:
         object.__setattr__(self, "beta", check_beta(self.beta))
         object.__setattr__(self, "rho", check_rho(self.rho))
         if self.cost not in COST_VARIANTS:
-            raise ParameterError(
-                f"cost={self.cost!r} is invalid: cost must be one of {', '.join(COST_VARIANTS)}"
-            )
+            raise ParameterError(f"cost={self.cost!r} is invalid: cost must be one of {', '.join(COST_VARIANTS)}")
         if self.cost in ("V2", "V3") and self.lam == 0.0 and (self.cost == "V3" or math.isfinite(self.beta)):
             raise ParameterError(
                 f"lam=0 is invalid for cost={self.cost}: lam must be > 0 (the latent weight's Gaussian bin "
