@@ -380,6 +380,19 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, agreement: dict[
     return "\n".join(lines)
 
 
+def shown_command(argv: list[str]) -> list[str]:
+    """The command line as the section names it: without --load-note TEXT and --cached-only (how, not what)."""
+    shown, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--load-note":
+            skip = True
+        elif arg != "--cached-only" and not arg.startswith("--load-note="):
+            shown.append(arg)
+    return shown
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 3, 2])
@@ -398,7 +411,7 @@ def main() -> None:
     parser.add_argument("--cached-only", action="store_true", help="table of the cached rows only; run nothing")
     parser.add_argument("--write", action="store_true", help="update the section in BENCHMARKS.md")
     args = parser.parse_args()
-    args.argv = sys.argv[1:]
+    args.argv = shown_command(sys.argv[1:])
     if args.quick:
         args.bits, args.steps, args.samples, args.heldout_chars = [3], 10, 32, 8000
     if not (CALIB.exists() and EVAL.exists() and SHAKESPEARE.exists()):
