@@ -354,7 +354,8 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, agreement: dict[
         f"{args.heldout_chars:,} held-out characters; GPTQ / NUPES calibrate on 64 windows of the training text; "
         f"LLM-QAT and torchao train on {args.samples} sequences the fp32 model wrote (their generation time is in "
         "their time column), PEQA on as many windows of the training text. Times are single runs on the loaded "
-        "box; *s/step* is the median over the run's steps. KL is deterministic (every choice seeded).",
+        "box; *s/step* is the median over the run's steps, and it moves with the neighbours' load, so compare it only "
+        "between rows of one bit width. KL is deterministic (every choice seeded).",
         "",
         "| model | bits | method | KL / mean cosine | perplexity | bits/weight | trainable params | time s | s/step "
         "| note |",
@@ -371,11 +372,17 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, agreement: dict[
         step = f"{r['step_seconds']:.2f}" if r.get("step_seconds") else "–"
         lines.append(f"| {r['model']} | {r['bits']} | {r['method']} | {metric} | {ppl} | {r['bpp']:.3f} | "
                      f"{trainable} | {r['seconds']:.0f} | {step} | {note} |")  # fmt: skip
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    for model, bits in sorted({(r["model"], r["bits"]) for r in rows}, key=lambda k: (k[0], -k[1])):
+        missing = [n for n in names if not any(r["model"] == model and r["bits"] == bits and r["method"] == n
+                                               for r in rows)]  # fmt: skip
+        if missing:
+            lines += ["", f"Not run for {model} at {bits} bits (stopped for time): {', '.join(missing)}."]
     found = verdicts(rows)
     if found:
         lines += ["", "Read off the rows:", "", *[f"* {line}" for line in found]]
     if "minilm" not in args.models:
-        lines += ["", "MiniLM rows were not run this time (`--models minilm`): the shared 2-core box at load 6–7 "
+        lines += ["", "MiniLM rows were not run this time (`--models minilm`): the shared 2-core box at load 4–7 "
                   "left no time for a second model at this step budget."]  # fmt: skip
     return "\n".join(lines)
 
