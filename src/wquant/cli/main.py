@@ -12,6 +12,7 @@ from wquant import __version__
 from wquant.cli import advise as advise_cli
 from wquant.cli import export as export_cli
 from wquant.cli import formats as formats_cli
+from wquant.cli import inference as inference_cli
 from wquant.cli import models as models_cli
 from wquant.cli import qat as qat_cli
 from wquant.cli import study as study_cli
@@ -61,6 +62,7 @@ app.command("sweep")(sweep_cli.sweep)
 app.add_typer(models_cli.app)  # quantize, eval, train-lm
 app.add_typer(advise_cli.app)  # advise
 app.add_typer(export_cli.app)  # export
+app.add_typer(inference_cli.app)  # bench-inference
 app.add_typer(qat_cli.app)  # qat
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -253,10 +254,9 @@ def eval_cmd(
       wquant eval minilm --quantized minilm-int4 --text wiki.txt
       wquant eval ~/.cache/wquant/lm --quantized lm-int4 --text shakespeare.txt --window 128
     """
-    from wquant.data import iter_paragraphs, read_text
-    from wquant.evaluate import compare_causal, compare_encoders, perplexity
     from wquant.models import load_pretrained, load_quantized, quantize_
     from wquant.models.checkpoint import check_matches_base
+    from wquant.models.inference import ForwardTimer
 
     _quiet_transformers()
     if quantized is not None and fmt is not None:
@@ -269,6 +269,24 @@ def eval_cmd(
     elif fmt is not None:
         other = copy.deepcopy(loaded.model)
         quantize_(other, _config(fmt, override, target, exclude))
+    timers = {"base": ForwardTimer(loaded.model)} | ({} if other is None else {"quantized": ForwardTimer(other)})
+    with timers["base"], timers.get("quantized", nullcontext()):
+        result = _evaluate(loaded, other, text, window=window, top_k=top_k, limit=limit, min_chars=min_chars,
+                           batch_size=batch_size)  # fmt: skip
+    inference = _inference_report(other, timers)
+    if as_json:
+        body = dataclasses.asdict(result) | {"inference": inference}
+        typer.echo(json.dumps(body, allow_nan=False))  # strict JSON: NaN was refused above
+        return
+    console.print(_result_table(f"{model_dir} on {text.name}", result))
+    console.print(_result_table("inference (forwards of this evaluation)", inference))
+
+
+def _evaluate(loaded: Any, other: Any, text: Path, *, window: int, top_k: int, limit: int | None, min_chars: int,
+              batch_size: int) -> Any:  # fmt: skip
+    from wquant.data import iter_paragraphs, read_text
+    from wquant.evaluate import compare_causal, compare_encoders, perplexity
+
     if loaded.task == "causal-lm":
         body = read_text(text)
         if other is None:
@@ -283,17 +301,28 @@ def eval_cmd(
         paragraphs = iter_paragraphs(text, min_chars=min_chars, limit=limit)
         result = compare_encoders(loaded.model, other, loaded.tokenizer, paragraphs, batch_size=batch_size,
                                   max_length=loaded.max_length, total=limit, progress=True)  # fmt: skip
-    if as_json:
-        typer.echo(json.dumps(dataclasses.asdict(result), allow_nan=False))  # strict JSON: NaN was refused above
-        return
-    console.print(_result_table(f"{model_dir} on {text.name}", result))
+    return result
+
+
+def _inference_report(other: Any, timers: dict[str, Any]) -> dict[str, Any]:
+    """Median forward time of each model during the evaluation, and the quantized weights' resident memory."""
+    from wquant.models.inference import weight_memory
+
+    report: dict[str, Any] = {f"{name}_forward_ms": 1e3 * t.latency.median_s if t.times else None
+                              for name, t in timers.items()}  # fmt: skip
+    report["forwards"] = len(timers["base"].times)
+    if other is not None:
+        memory = weight_memory(other)
+        report |= {"quantized_weight_bytes": memory.resident_bytes, "exact_weight_bytes": memory.exact_bits / 8,
+                   "resident_over_exact": memory.ratio, "kernels": memory.kernels}  # fmt: skip
+    return report
 
 
 def _result_table(title: str, result: Any) -> Table:
     table = Table(title=title)
     table.add_column("measure")
     table.add_column("value", justify="right")
-    for key, value in _flatten(dataclasses.asdict(result)):
+    for key, value in _flatten(result if isinstance(result, dict) else dataclasses.asdict(result)):
         table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
     return table
 

@@ -104,6 +104,8 @@ def save_quantized(
 
     final = check_output_folder(out_dir, force=force)
     out = staging_folder(final)
+    for _, weight in packed_weights(model):
+        weight.release_kernel()  # kernels: the buffers below are read directly, so the canonical codes go back first
     tensors: dict[str, torch.Tensor] = {}
     packed_path = {id(m): name for name, m in model.named_modules() if isinstance(m, PackedWeight)}
     packed: dict[str, Any] = {}

@@ -5,8 +5,10 @@ uint8 buffers, and its spec/shape/dtype as extra state, so `state_dict()` / `loa
 it, `.to(device)` moves it and `.to(dtype)` leaves its exact bits alone. Resident memory is its `bits()/8`
 plus at most a byte per field. `QuantizedLinear` (replaces nn.Linear and transformers' Conv1D) and
 `QuantizedEmbedding` hold a PackedWeight as a child module; tied weights share one child, so they are stored
-and counted once. Each forward decodes the weight (embeddings: only the rows looked up) unless a cache of the
-decoded weight was switched on (`PackedWeight.cache`), which gives memory back for speed.
+and counted once. A QuantizedLinear runs its weight through the kernel `wquant.kernels` selects for the stored
+layout and the input dtype (prepared on the first forward, never saved; docs/inference.md); embeddings decode
+only the rows looked up; while a cache of the decoded weight is switched on (`PackedWeight.cache`, the
+calibration walk) that copy is used instead.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from torch import nn
 from wquant.errors import CorruptDataError, ParameterError
 from wquant.formats import QuantizedTensor, parse_spec
 from wquant.formats.quantized import FIELDS
+from wquant.kernels.host import KernelHost
 
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
 
 
-class PackedWeight(nn.Module):
-    """One quantized tensor as torch state (see the module docstring)."""
+class PackedWeight(KernelHost, nn.Module):
+    """One quantized tensor as torch state (see the module docstring); `linear` runs it through a fast kernel."""
 
     def __init__(self, quantized: QuantizedTensor) -> None:
         super().__init__()
@@ -43,14 +46,14 @@ class PackedWeight(nn.Module):
     @property
     def quantized(self) -> QuantizedTensor:
         """The stored tensor on these buffers (no copy)."""
-        fields = {name: buf for name, buf in self._buffers.items() if buf is not None}
+        fields = self.canonical_fields()  # kernels: the codes a kernel holds in its own layout, given back
         return QuantizedTensor.from_state(fields, self.spec, self.shape, self.stored_dtype, check=False)
 
     def dequantize(self) -> torch.Tensor:
         """The weight as stored (storage layout (out, in)); decoded on every call unless `cache` is on."""
         if self._decoded is not None:
             return self._decoded
-        weight = self.quantized.dequantize()
+        weight = self.kernel_dequantize() if self._runtime is not None else self.quantized.dequantize()
         if self.cache:
             self._decoded = weight
         return weight
@@ -58,7 +61,18 @@ class PackedWeight(nn.Module):
     def dequantize_rows(self, rows: torch.Tensor) -> torch.Tensor:
         if self._decoded is not None:
             return self._decoded.index_select(0, rows.to(self._decoded.device))
+        if self._runtime is not None:  # kernels: rows from the codes the prepared kernel holds
+            return self.kernel_rows(rows)
         return self.quantized.dequantize_rows(rows)
+
+    # ---- kernels (wquant.kernels; state and buffer bookkeeping in kernels/host.py) -------------------------------
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x·Ŵᵀ + b: the decoded-weight cache while it is on (calibration), else the kernel for x's dtype."""
+        if self.cache or self._decoded is not None:
+            return F.linear(x, self.dequantize().to(x.dtype), bias)
+        return self.kernel_linear(x, bias)
+
+    # ---- end kernels ---------------------------------------------------------------------------------------------
 
     def clear_cache(self) -> None:
         self.cache = False
@@ -89,6 +103,7 @@ class PackedWeight(nn.Module):
 
         A field whose size did not change is copied in place, so weights tied through this module stay tied.
         """
+        self.release_kernel()  # kernels: the canonical codes buffer back first
         extra = state_dict.get(prefix + "_extra_state")
         if extra is not None:
             self.set_extra_state(extra)
@@ -118,6 +133,7 @@ class PackedWeight(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> PackedWeight:
         self._decoded = None  # a move or cast invalidates the decoded copy
+        self.release_kernel()  # kernels: and the kernel's runtime state (canonical codes back first)
         return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
@@ -146,9 +162,8 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quant is not None:
             x = self.input_quant(x)
-        w = self.qweight.dequantize()
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, w.to(x.dtype), bias)
+        return self.qweight.linear(x, bias)  # kernels: the reference was F.linear(x, Ŵ.to(x.dtype), bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
