@@ -14,6 +14,7 @@ from wquant.cli import export as export_cli
 from wquant.cli import formats as formats_cli
 from wquant.cli import inference as inference_cli
 from wquant.cli import models as models_cli
+from wquant.cli import qat as qat_cli
 from wquant.cli import study as study_cli
 from wquant.cli import sweep as sweep_cli
 from wquant.cli import theory as theory_cli
@@ -62,6 +63,7 @@ app.add_typer(models_cli.app)  # quantize, eval, train-lm
 app.add_typer(advise_cli.app)  # advise
 app.add_typer(export_cli.app)  # export
 app.add_typer(inference_cli.app)  # bench-inference
+app.add_typer(qat_cli.app)  # qat
 
 
 if __name__ == "__main__":  # pragma: no cover
