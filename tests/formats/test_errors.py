@@ -54,6 +54,8 @@ def test_unusable_tensors(tensor, match):
         ("lut:1,0.5,0", "strictly increasing"),
         ("lut:1,1,2", "strictly increasing"),
         ("crd-t2:4", "nu > 2"),
+        ("crd-t5:3/block1:absmax:bf16", "use block4 or more"),  # found by make fuzz: was a scipy TypeError
+        ("crd-normal:3/block3:signmax:bf16", "expected largest of a block"),
         ("int4+outliers1.5", r"outlier ratio must be in \(0, 1\)"),
         ("", "non-empty string"),
     ],
@@ -61,6 +63,20 @@ def test_unusable_tensors(tensor, match):
 def test_bad_specs_explain_themselves(spec, match):
     with pytest.raises(SpecError, match=match):
         parse_spec(spec)
+
+
+@pytest.mark.parametrize("element", ["crd-normal:3", "crd-t5:3", "crd-laplace:3", "crd-t5:3:asym"])
+@pytest.mark.parametrize("block", [1, 2, 3, 4, 5, 64])
+def test_cube_root_grids_on_small_absmax_blocks_are_finite_or_refused(element, block):
+    """Every block size either quantizes to finite, ordered levels or is refused with a SpecError (never a
+    numerical error from inside the grid construction)."""
+    spec = f"{element}/block{block}:absmax:bf16"
+    try:
+        q = quantize(X, spec)
+    except SpecError:
+        assert block < 4 and "laplace" not in element
+        return
+    assert bool(torch.isfinite(q.dequantize()).all())
 
 
 def test_errors_share_one_base():

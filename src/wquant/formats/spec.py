@@ -38,6 +38,9 @@ DEFAULT_SCALING = "block64:absmax:bf16"
 #: The format wquant uses when none is named: 4-bit codes with a bf16 scale and zero offset per 64 (4.5 b/w).
 DEFAULT_FORMAT = "int4:unsigned/block64:minmax:bf16"
 OUTLIER_INDEX_BITS = 32
+#: Smallest absmax block a normal or Student-t cube-root grid is defined for: its edge is the expected maximum
+#: of a block, √(2·ln(B/π))-like, which is real only for B > π.
+CRD_MIN_BLOCK = 4
 
 #: Named formats as their owners define them (bits/param in the comment are all-in).
 PRESETS: dict[str, str] = {
@@ -162,6 +165,12 @@ class FormatSpec:
         if self.scaling.rule == "zeropoint" and self.element.data_dependent:
             raise SpecError("a zero point indexes a fixed grid level; fitted grids (Lloyd–Max, uniform) move "
                             "their levels, so use minmax with them")  # fmt: skip
+        element, scaling = self.element, self.scaling
+        if (isinstance(element, CubeRootGrid) and element.family != "laplace" and scaling.rule in ("absmax", "signmax")
+                and scaling.block_size is not None and scaling.block_size < CRD_MIN_BLOCK):  # fmt: skip
+            raise SpecError(f"{element.token} with {scaling.rule} blocks sizes its grid by the expected largest of "
+                            f"a block, defined from {CRD_MIN_BLOCK} values; use block{CRD_MIN_BLOCK} or more, or "
+                            "rms scaling")  # fmt: skip
         if self.scaling.two_level:
             if self.element.data_dependent:
                 raise SpecError("two-level scales are fitted to a fixed grid; fitted grids (Lloyd–Max, uniform) "
