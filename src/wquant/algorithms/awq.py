@@ -28,7 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from wquant.algorithms.activations import ActivationSpec
-from wquant.algorithms.common import check_hessian, check_weight, refuse_clip_search_on_unbounded_grid
+from wquant.algorithms.common import (
+    best_scales_per_group,
+    check_hessian,
+    check_weight,
+    refuse_clip_search_on_unbounded_grid,
+)
 from wquant.algorithms.gptq import GPTQConfig, gptq
 from wquant.algorithms.registry import Quantized, register
 from wquant.algorithms.smoothing import ChannelScales, check_group, normalized, quadratic_error, rtn_values
@@ -186,21 +191,13 @@ def group_quadratic_errors(layout: TensorLayout, delta: torch.Tensor, hessian: t
 def clip_search(layout: TensorLayout, x: torch.Tensor, hessian: torch.Tensor, multipliers: np.ndarray) -> GroupScales:
     """Per group, the clip multiplier with the least output error of its columns (Hessian block)."""
     mask = layout.outlier_mask()
-    best = best_err = None
     h = hessian.to(x.dtype)
-    for c in multipliers:
-        scales = layout.choose_scales(x, float(c))
+
+    def group_error(scales: GroupScales) -> torch.Tensor:
         delta = reconstruct(layout, x, scales) - x
-        if mask is not None:
-            delta = delta.masked_fill(mask, 0.0)
-        err = group_quadratic_errors(layout, delta, h)
-        if best is None or best_err is None:
-            best, best_err = scales, err
-        else:
-            better = err < best_err
-            best, best_err = best.where(better, scales), torch.where(better, err, best_err)
-    assert best is not None
-    return best
+        return group_quadratic_errors(layout, delta if mask is None else delta.masked_fill(mask, 0.0), h)
+
+    return best_scales_per_group(layout, x, [float(c) for c in multipliers], group_error)
 
 
 def awq_round(

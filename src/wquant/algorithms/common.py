@@ -7,14 +7,14 @@ Algorithms decide codes and scales their own way but all build on the format pri
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
 import torch
 
 from wquant.errors import BudgetError, ParameterError, TensorError
-from wquant.formats import FormatSpec, QuantizedTensor, quantize
+from wquant.formats import FormatSpec, GroupScales, QuantizedTensor, TensorLayout, quantize
 from wquant.formats.grids import UniformGrid
 from wquant.validation import check_tensor
 
@@ -89,6 +89,29 @@ def solve_at_budget(
             f"solves ({got}); give a fixed step (uniform<step>/...) instead of a budget"
         )
     return best[1]
+
+
+def best_scales_per_group(
+    layout: TensorLayout,
+    x: torch.Tensor,
+    multipliers: Sequence[float],
+    group_error: Callable[[GroupScales], torch.Tensor],
+) -> GroupScales:
+    """Per group, the scales of the clip multiplier whose error (scale rows, groups) is least; ties keep the
+    earlier multiplier. Every clip search (plain, Fisher-weighted, Hessian-block) differs only in `group_error`."""
+    best: GroupScales | None = None
+    best_err = torch.empty(0)
+    for c in multipliers:
+        scales = layout.choose_scales(x, float(c))
+        err = group_error(scales)
+        if best is None:
+            best, best_err = scales, err
+        else:
+            better = err < best_err
+            best, best_err = best.where(better, scales), torch.where(better, err, best_err)
+    if best is None:
+        raise ParameterError("a clip search needs at least one multiplier")
+    return best
 
 
 def refuse_clip_search_on_unbounded_grid(spec: FormatSpec) -> None:

@@ -14,7 +14,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from wquant.algorithms.common import check_hessian, check_weight, refuse_clip_search_on_unbounded_grid
+from wquant.algorithms.common import (
+    best_scales_per_group,
+    check_hessian,
+    check_weight,
+    refuse_clip_search_on_unbounded_grid,
+)
 from wquant.algorithms.registry import Quantized, hessian_of, register
 from wquant.algorithms.statistics import LayerStatistics
 from wquant.errors import ParameterError, TensorError
@@ -127,18 +132,12 @@ def search_scales(
         few = np.exp(np.linspace(np.log(lo), np.log(hi), min(points, 16)))
         fit = tuple(float(c) for c in np.unique(np.concatenate([few, FIT_MULTIPLIERS])))
         return layout.choose_scales(x, importance=weight, candidates=fit)
-    best = best_err = None
-    for c in candidates:
-        scales = layout.choose_scales(x, float(c))
+
+    def group_error(scales: GroupScales) -> torch.Tensor:
         sq = (reconstruct(layout, x, scales) - x).square()
-        err = layout.group_sum(sq if weight is None else sq * weight)
-        if best is None or best_err is None:
-            best, best_err = scales, err
-        else:
-            better = err < best_err
-            best, best_err = best.where(better, scales), torch.where(better, err, best_err)
-    assert best is not None
-    return best
+        return layout.group_sum(sq if weight is None else sq * weight)
+
+    return best_scales_per_group(layout, x, candidates.tolist(), group_error)
 
 
 def rtn(
