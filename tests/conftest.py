@@ -66,3 +66,33 @@ def llama():
 @pytest.fixture
 def gpt2():
     return tiny_gpt2()
+
+
+#: A few lines of text for tiny character-level models and their CLI tests.
+TINY_TEXT = "Now is the winter of our discontent\nMade glorious summer by this sun of York;\n" * 12
+
+
+@pytest.fixture
+def lm_dir(tmp_path):
+    """A saved 1-layer character-level Llama folder (as `wquant quantize`/`qat` read it)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from wquant.evaluate import char_tokenizer
+
+    tokenizer = char_tokenizer(TINY_TEXT)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, architectures=["LlamaForCausalLM"],
+    )  # fmt: skip
+    folder = tmp_path / "lm"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text(TINY_TEXT)
+    return path

@@ -7,35 +7,10 @@ import torch
 from typer.testing import CliRunner
 
 from wquant.cli.qat import app
-from wquant.evaluate import char_tokenizer
 from wquant.formats import quantize
 from wquant.models import load_pretrained, load_quantized, read_manifest
 
-TEXT = "Now is the winter of our discontent\nMade glorious summer by this sun of York;\n" * 12
 runner = CliRunner()
-
-
-@pytest.fixture
-def lm_dir(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = char_tokenizer(TEXT)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, architectures=["LlamaForCausalLM"],
-    )  # fmt: skip
-    folder = tmp_path / "lm"
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    path = tmp_path / "text.txt"
-    path.write_text(TEXT)
-    return path
 
 
 SMALL = ["--steps", "3", "--samples", "8", "--seq-len", "16", "--batch-size", "4", "--checkpoint-every", "2"]
